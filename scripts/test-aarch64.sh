@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the whole test suite for aarch64 under qemu user-mode emulation, once per emulated CPU:
+#   cortex-a72 (Raspberry Pi 4 / Zero 2 W: ARMv8.0 NEON, no dotprod)
+#   cortex-a76 (Raspberry Pi 5: ARMv8.2 with dotprod)
+# Uses Debian's cross toolchain (rustc-web's /usr/bin/rustc and /usr/bin/cargo, whose aarch64
+# standard library comes from libstd-rust-web-dev:arm64). Emulated runs check correctness only;
+# never read timings from them.
+#
+# Install (as root, once):  scripts/test-aarch64.sh --install
+# Run:                      scripts/test-aarch64.sh [cpu ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+install() {
+  dpkg --add-architecture arm64
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+}
+
+if [[ "${1:-}" == "--install" ]]; then
+  install
+  exit 0
+fi
+
+cpus=("$@")
+[[ ${#cpus[@]} -gt 0 ]] || cpus=(cortex-a72 cortex-a76)
+
+export RUSTC=/usr/bin/rustc
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/debian-cross"
+target=aarch64-unknown-linux-gnu
+/usr/bin/cargo build --release --workspace --tests --target "$target"
+for cpu in "${cpus[@]}"; do
+  echo "== aarch64 tests under qemu, QEMU_CPU=$cpu =="
+  # The tests read this to assert which kernel path the dispatcher picked.
+  QEMU_CPU="$cpu" GPT2Q_EXPECT_CPU="$cpu" /usr/bin/cargo test --release --workspace --target "$target"
+done

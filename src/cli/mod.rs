@@ -1,0 +1,124 @@
+//! Command-line interface: flag definitions and one module per subcommand. Everything that
+//! prints lives here; the library never prints or exits.
+
+mod info;
+mod perplexity;
+mod run;
+mod tokenize;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use gpt2q::mmap::ModelFile;
+use gpt2q::model::Model;
+use gpt2q::{Error, Result};
+
+/// gpt2q: run GPT-2 fast on small boards.
+#[derive(Parser, Debug)]
+#[command(name = "gpt2q", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt.
+    Run(run::Args),
+    /// Print the token ids (and pieces) of a text.
+    Tokenize(tokenize::Args),
+    /// Score a text file: mean negative log-likelihood and perplexity.
+    Perplexity(perplexity::Args),
+    /// Describe a model file: hyper-parameters, tensors, memory needed.
+    Info(info::Args),
+    /// Check every tensor's checksum.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// Model file.
+    model: PathBuf,
+}
+
+/// Runs the chosen subcommand.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Verify(a) => verify(&a.model),
+    }
+}
+
+/// Exit codes: 2 bad flags or input, 3 bad model file, 4 I/O error, 5 numeric fault at run time
+/// (clap also exits with 2 on a usage error).
+pub fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::InvalidInput(_) => 2,
+        Error::Format(_) => 3,
+        Error::Io { .. } => 4,
+        Error::Numeric(_) => 5,
+    }
+}
+
+fn verify(path: &Path) -> Result<()> {
+    let file = ModelFile::open(path)?;
+    let model = Model::load(&file, true)?;
+    println!("{}: OK ({} tensors verified)", path.display(), model.tensors.len());
+    Ok(())
+}
+
+/// The model used when `-m` is not given: `$GPT2Q_MODEL`, else `models/tiny-gpt2-q8.g2q` in the
+/// current directory, else in the source tree this binary was built from.
+pub fn default_model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("GPT2Q_MODEL") {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from("models/tiny-gpt2-q8.g2q");
+    if local.exists() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(local)
+}
+
+/// Options shared by every command that loads a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model file (.g2q). Default: $GPT2Q_MODEL, else models/tiny-gpt2-q8.g2q.
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Check every tensor's checksum before running.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+impl ModelArgs {
+    /// Opens the model file (mapping it) and sets up the thread pool.
+    pub fn open(&self) -> Result<ModelFile> {
+        self.init_threads()?;
+        let path = self.model.clone().unwrap_or_else(default_model_path);
+        if !path.exists() {
+            return Err(Error::invalid(format!(
+                "model file {} does not exist (convert one with gpt2q-convert, see models/README.md)",
+                path.display()
+            )));
+        }
+        ModelFile::open(&path)
+    }
+
+    fn init_threads(&self) -> Result<()> {
+        let n = match self.threads {
+            Some(0) => return Err(Error::invalid("--threads must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        // A second call (tests running several commands in one process) keeps the first pool.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! Portable scalar kernels: the reference every SIMD kernel is tested against, and the fallback
+//! on CPUs without one. Written for clarity; the compiler may still auto-vectorise them.
+
+use crate::quant::{BlockQ4, BlockQ8, QK};
+use crate::tensor::{Matrix, Weights};
+
+/// `y[r] = dot(W[r], x)` for every row of `w`.
+pub fn matvec(w: &Matrix<'_>, x: &[f32], y: &mut [f32]) {
+    for (r, out) in y.iter_mut().enumerate() {
+        *out = dot_row(w, r, x);
+    }
+}
+
+/// Dot product of row `r` of `w` with `x` (`x.len() == w.cols`).
+pub fn dot_row(w: &Matrix<'_>, r: usize, x: &[f32]) -> f32 {
+    let cols = w.cols;
+    match w.weights {
+        Weights::F32(data) => dot_f32(&data[r * cols..(r + 1) * cols], x),
+        Weights::F16(data) => data[r * cols..(r + 1) * cols]
+            .iter()
+            .zip(x)
+            .map(|(a, b)| a.to_f32() * b)
+            .sum(),
+        Weights::Q8(blocks) => {
+            let nb = cols / QK;
+            dot_q8_f32(&blocks[r * nb..(r + 1) * nb], x)
+        }
+        Weights::Q4(blocks) => {
+            let nb = cols / QK;
+            dot_q4_f32(&blocks[r * nb..(r + 1) * nb], x)
+        }
+    }
+}
+
+/// Dot product of two float slices of equal length, with eight partial sums so the compiler can
+/// vectorise it.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let tail: f32 = a[chunks..].iter().zip(&b[chunks..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn dot_q8_f32(blocks: &[BlockQ8], x: &[f32]) -> f32 {
+    blocks
+        .iter()
+        .zip(x.chunks_exact(QK))
+        .map(|(b, xs)| {
+            let s: f32 = b.qs.iter().zip(xs).map(|(&q, &v)| q as f32 * v).sum();
+            b.d.to_f32() * s
+        })
+        .sum()
+}
+
+fn dot_q4_f32(blocks: &[BlockQ4], x: &[f32]) -> f32 {
+    blocks
+        .iter()
+        .zip(x.chunks_exact(QK))
+        .map(|(b, xs)| {
+            let (lo, hi) = xs.split_at(QK / 2);
+            let mut s = 0f32;
+            for j in 0..QK / 2 {
+                s += ((b.qs[j] & 0x0F) as f32 - 8.0) * lo[j];
+                s += ((b.qs[j] >> 4) as f32 - 8.0) * hi[j];
+            }
+            b.d.to_f32() * s
+        })
+        .sum()
+}
+
+/// Writes row `r` of `w` as floats into `out` (`out.len() == w.cols`).
+pub fn dequantize_row(w: &Matrix<'_>, r: usize, out: &mut [f32]) {
+    let cols = w.cols;
+    match w.weights {
+        Weights::F32(data) => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+        Weights::F16(data) => {
+            for (o, v) in out.iter_mut().zip(&data[r * cols..(r + 1) * cols]) {
+                *o = v.to_f32();
+            }
+        }
+        Weights::Q8(blocks) => {
+            let nb = cols / QK;
+            for (b, o) in blocks[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
+                b.dequantize(o.try_into().expect("chunk of QK"));
+            }
+        }
+        Weights::Q4(blocks) => {
+            let nb = cols / QK;
+            for (b, o) in blocks[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
+                b.dequantize(o.try_into().expect("chunk of QK"));
+            }
+        }
+    }
+}
+
+/// Layer norm: `out = (x − mean) / sqrt(var + eps) · weight + bias`, biased variance.
+pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, v), w), b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+        *o = (v - mean) * inv * w + b;
+    }
+}
+
+/// GELU, tanh approximation (GPT-2's `gelu_new`), in place.
+pub fn gelu_tanh(x: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for v in x {
+        let u = SQRT_2_OVER_PI * (*v + 0.044715 * *v * *v * *v);
+        *v = 0.5 * *v * (1.0 + u.tanh());
+    }
+}
+
+/// GELU with the exact error function, in place.
+pub fn gelu_erf(x: &mut [f32]) {
+    for v in x {
+        *v = 0.5 * *v * (1.0 + erf(*v / std::f32::consts::SQRT_2));
+    }
+}
+
+/// Error function (Abramowitz–Stegun 7.1.26 refined in f64; |error| < 1.5e-7).
+fn erf(x: f32) -> f32 {
+    let x = x as f64;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let y = 1.0 - poly * (-x * x).exp();
+    (if x >= 0.0 { y } else { -y }) as f32
+}
+
+/// Softmax in place (max subtracted for stability).
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `acc += x` element-wise.
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+/// `acc += s · x` element-wise.
+pub fn axpy(acc: &mut [f32], s: f32, x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += s * v;
+    }
+}

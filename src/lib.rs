@@ -1,0 +1,22 @@
+//! gpt2q: a small, fast GPT-2 runtime for Raspberry Pi class boards.
+//!
+//! The data path, one module per step:
+//! file ([`format`]) → mmap ([`mmap`]) → [`model::Model`] (borrowed tensors, [`tensor`]) →
+//! [`model::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
+//! tokens → text ([`tokenizer`]). Block formats for quantised weights live in [`quant`].
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod format;
+pub mod generate;
+pub mod kernels;
+pub mod kv_cache;
+pub mod mmap;
+pub mod model;
+pub mod perplexity;
+pub mod quant;
+pub mod sampler;
+pub mod tensor;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,140 @@
+//! Model files in memory: a read-only memory map (or an owned buffer for models built in memory)
+//! and typed views of its bytes.
+//!
+//! This is one of the two places `unsafe` lives (the other is the SIMD kernels): creating the map,
+//! and reinterpreting aligned little-endian bytes as `f32`, `f16` and quantised blocks. It does not
+//! know the file layout; [`crate::format`] does.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::quant::{BlockQ4, BlockQ8};
+
+/// The bytes of a model file, mapped read-only from disk or owned.
+pub struct ModelFile {
+    path: PathBuf,
+    backing: Backing,
+}
+
+enum Backing {
+    Mapped(Mmap),
+    /// 8-byte aligned storage (every view needs at most 4) and the length in bytes.
+    Owned(Vec<u64>, usize),
+}
+
+impl ModelFile {
+    /// Maps the file at `path` read-only. The pages are shared with every other process mapping
+    /// the same file, and a model larger than free memory pages in from disk as it is used.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::invalid(format!("{} is not a regular file", path.display())));
+        }
+        if meta.len() == 0 {
+            return Err(Error::format(format!("{} is empty", path.display())));
+        }
+        // SAFETY: the map is read-only and we never hand out mutable views. Another process
+        // truncating or rewriting the file while it is mapped is outside what Rust can guard
+        // against (it can raise SIGBUS or change bytes under us); the converter never does it (it
+        // writes a new file and renames), and docs/FORMAT.md tells users not to edit a model file
+        // that is in use.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            backing: Backing::Mapped(map),
+        })
+    }
+
+    /// Wraps bytes built in memory (tests, synthetic benchmark models).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_ne_bytes(b);
+        }
+        ModelFile {
+            path: PathBuf::from("<memory>"),
+            backing: Backing::Owned(words, bytes.len()),
+        }
+    }
+
+    /// Where the bytes came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All bytes of the file.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.backing {
+            Backing::Mapped(m) => m,
+            Backing::Owned(words, len) => {
+                // SAFETY: `words` owns `words.len() * 8 >= len` initialised bytes; u8 has no
+                // alignment or validity requirements; the slice borrows `self`.
+                unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), *len) }
+            }
+        }
+    }
+}
+
+/// Reinterprets `bytes` as `[T]` when its address is aligned for `T` and its length a multiple of
+/// `size_of::<T>()`; `None` otherwise.
+///
+/// # Safety
+/// Every bit pattern of `size_of::<T>()` bytes must be a valid `T` (true for the plain-data types
+/// this module instantiates it with).
+unsafe fn cast_slice<T>(bytes: &[u8]) -> Option<&[T]> {
+    let size = std::mem::size_of::<T>();
+    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 || bytes.len() % size != 0 {
+        return None;
+    }
+    // SAFETY: alignment and length were checked above; validity is the caller's contract; the
+    // result borrows `bytes`, so it cannot outlive them.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
+}
+
+/// `bytes` as little-endian `f32`s (we only build for little-endian targets).
+pub fn as_f32(bytes: &[u8]) -> Option<&[f32]> {
+    // SAFETY: every 32-bit pattern is a valid f32.
+    unsafe { cast_slice(bytes) }
+}
+
+/// `bytes` as little-endian `f16`s.
+pub fn as_f16(bytes: &[u8]) -> Option<&[f16]> {
+    // SAFETY: f16 is a transparent u16; every 16-bit pattern is valid.
+    unsafe { cast_slice(bytes) }
+}
+
+/// `bytes` as q8 blocks.
+pub fn as_q8(bytes: &[u8]) -> Option<&[BlockQ8]> {
+    // SAFETY: BlockQ8 is repr(C) of an f16 and 32 i8s with no padding (size 34 asserted in
+    // `quant`); every bit pattern is valid.
+    unsafe { cast_slice(bytes) }
+}
+
+/// `bytes` as q4 blocks.
+pub fn as_q4(bytes: &[u8]) -> Option<&[BlockQ4]> {
+    // SAFETY: BlockQ4 is repr(C) of an f16 and 16 u8s with no padding (size 18 asserted in
+    // `quant`); every bit pattern is valid.
+    unsafe { cast_slice(bytes) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_bytes_round_trip_and_cast() {
+        let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let file = ModelFile::from_bytes(&raw);
+        assert_eq!(file.bytes(), &raw[..]);
+        assert_eq!(as_f32(file.bytes()), Some(&[1.5f32, -2.0][..]));
+        assert_eq!(as_f32(&file.bytes()[1..5]), None, "misaligned");
+        assert_eq!(as_f32(&file.bytes()[..6]), None, "ragged length");
+    }
+}

@@ -1,0 +1,75 @@
+//! Shared helpers for the integration tests: fixture paths, converted models (made once per test
+//! binary), and the Hugging Face reference outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use gpt2q_convert::convert::{convert, Options, Quant};
+use serde_json::Value;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn checkpoint_dir() -> PathBuf {
+    fixtures().join("tiny-gpt2")
+}
+
+/// Fixed creation time so converted files are byte-for-byte reproducible.
+pub const EPOCH: u64 = 1_795_824_000;
+
+/// Converts the tiny fixture checkpoint with `quant` into this test binary's temp dir, once.
+pub fn converted(quant: Quant) -> PathBuf {
+    static CELLS: [OnceLock<PathBuf>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let idx = match quant {
+        Quant::F32 => 0,
+        Quant::F16 => 1,
+        Quant::Q8 => 2,
+        Quant::Q4 => 3,
+    };
+    CELLS[idx]
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "tiny-{}-{}.g2q",
+                quant.name(),
+                std::process::id()
+            ));
+            let opts = Options {
+                quant,
+                force: true,
+                name: Some("tiny-gpt2".into()),
+                created_epoch: Some(EPOCH),
+            };
+            convert(&checkpoint_dir(), &out, &opts, &mut |_, _, _| {}).expect("conversion succeeds");
+            out
+        })
+        .clone()
+}
+
+pub fn reference() -> &'static Value {
+    static REF: OnceLock<Value> = OnceLock::new();
+    REF.get_or_init(|| {
+        let text = std::fs::read_to_string(fixtures().join("tiny-gpt2.json")).expect("reference json");
+        serde_json::from_str(&text).expect("valid json")
+    })
+}
+
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array of floats")
+        .iter()
+        .map(|x| x.as_f64().expect("float") as f32)
+        .collect()
+}
+
+/// True when running for aarch64 (under qemu emulation in CI): long runs are cut short there.
+pub const EMULATED: bool = cfg!(target_arch = "aarch64");

@@ -1,0 +1,6 @@
+//! gpt2q-convert as a library: the pieces of the Hugging Face → `.g2q` converter, exposed so that
+//! integration tests (and fuzzers) can reach them.
+
+pub mod checkpoint;
+pub mod convert;
+pub mod safetensors;
