@@ -22,7 +22,9 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use crate::error::{Error, Result};
 
 #[cfg(target_endian = "big")]
-compile_error!("gpt2q reads tensors in place from little-endian files and needs a little-endian CPU");
+compile_error!(
+    "gpt2q reads tensors in place from little-endian files and needs a little-endian CPU"
+);
 
 /// The first eight bytes of every `.g2q` file.
 pub const MAGIC: [u8; 8] = *b"GPT2Q\0\0\x1a";
@@ -153,7 +155,6 @@ pub struct HParams {
     pub eos_id: u32,
 }
 
-
 impl HParams {
     /// Size of one attention head.
     pub fn head_dim(&self) -> usize {
@@ -173,7 +174,9 @@ impl HParams {
         ];
         for (name, v) in sizes {
             if v == 0 || v > 1 << 20 {
-                return Err(Error::format(format!("hyper-parameter {name} = {v} is out of range (1..=1048576)")));
+                return Err(Error::format(format!(
+                    "hyper-parameter {name} = {v} is out of range (1..=1048576)"
+                )));
             }
         }
         if self.n_embd % self.n_head != 0 {
@@ -183,7 +186,10 @@ impl HParams {
             )));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(Error::format(format!("layer_norm_eps {} is not a positive number", self.layer_norm_eps)));
+            return Err(Error::format(format!(
+                "layer_norm_eps {} is not a positive number",
+                self.layer_norm_eps
+            )));
         }
         if self.bos_id >= self.n_vocab || self.eos_id >= self.n_vocab {
             return Err(Error::format(format!(
@@ -195,7 +201,14 @@ impl HParams {
     }
 
     fn write(&self, out: &mut Vec<u8>) {
-        for v in [self.n_vocab, self.n_ctx, self.n_embd, self.n_head, self.n_layer, self.n_inner] {
+        for v in [
+            self.n_vocab,
+            self.n_ctx,
+            self.n_embd,
+            self.n_head,
+            self.n_layer,
+            self.n_inner,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&self.layer_norm_eps.to_le_bytes());
@@ -288,7 +301,10 @@ impl<'a> Layout<'a> {
         let metadata = read_metadata(&mut c)?;
         let tensors = read_table(&mut c, pre.data_offset, bytes.len() as u64)?;
         if !c.is_empty() {
-            return Err(Error::format(format!("{} unexpected bytes after the tensor table", c.remaining())));
+            return Err(Error::format(format!(
+                "{} unexpected bytes after the tensor table",
+                c.remaining()
+            )));
         }
         Ok(Layout {
             hparams,
@@ -301,7 +317,10 @@ impl<'a> Layout<'a> {
 
     /// The metadata value for `key`.
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The table entry named `name`.
@@ -312,7 +331,9 @@ impl<'a> Layout<'a> {
     /// The data bytes of a table entry (bounds were validated by [`Layout::parse`]).
     pub fn data(&self, entry: &TensorEntry) -> &'a [u8] {
         let start = entry.offset as usize;
-        self.bytes.get(start..start + entry.len as usize).unwrap_or(&[])
+        self.bytes
+            .get(start..start + entry.len as usize)
+            .unwrap_or(&[])
     }
 
     /// Checks every tensor's CRC-32; the error names the first damaged tensor.
@@ -345,10 +366,15 @@ struct Preamble {
 impl Preamble {
     fn read(bytes: &[u8]) -> Result<Self> {
         let p = bytes.get(..PREAMBLE_LEN).ok_or_else(|| {
-            Error::format(format!("file is {} bytes, too short for a .g2q header", bytes.len()))
+            Error::format(format!(
+                "file is {} bytes, too short for a .g2q header",
+                bytes.len()
+            ))
         })?;
         if p[..8] != MAGIC {
-            return Err(Error::format("not a gpt2q model file (bad magic); convert checkpoints with gpt2q-convert"));
+            return Err(Error::format(
+                "not a gpt2q model file (bad magic); convert checkpoints with gpt2q-convert",
+            ));
         }
         let version = LE::read_u32(&p[8..12]);
         if version != VERSION {
@@ -374,7 +400,10 @@ impl Preamble {
             )));
         }
         if pre.data_offset % ALIGN != 0 || pre.data_offset > pre.file_len {
-            return Err(Error::format(format!("bad tensor data offset {}", pre.data_offset)));
+            return Err(Error::format(format!(
+                "bad tensor data offset {}",
+                pre.data_offset
+            )));
         }
         Ok(pre)
     }
@@ -400,7 +429,11 @@ fn section<'a>(bytes: &'a [u8], offset: u64, len: u64, what: &str) -> Result<&'a
     let end = offset
         .checked_add(len)
         .filter(|&e| e <= bytes.len() as u64)
-        .ok_or_else(|| Error::format(format!("{what} section ({offset}+{len}) runs past the end of the file")))?;
+        .ok_or_else(|| {
+            Error::format(format!(
+                "{what} section ({offset}+{len}) runs past the end of the file"
+            ))
+        })?;
     Ok(&bytes[offset as usize..end as usize])
 }
 
@@ -418,7 +451,9 @@ fn check_crc(what: &str, data: &[u8], expected: u32) -> Result<()> {
 fn read_metadata(c: &mut Cursor<'_>) -> Result<Vec<(String, String)>> {
     let n = c.u32("metadata count")?;
     if n > MAX_METADATA {
-        return Err(Error::format(format!("{n} metadata entries is more than the limit of {MAX_METADATA}")));
+        return Err(Error::format(format!(
+            "{n} metadata entries is more than the limit of {MAX_METADATA}"
+        )));
     }
     (0..n)
         .map(|_| Ok((c.string("metadata key")?, c.string("metadata value")?)))
@@ -428,7 +463,9 @@ fn read_metadata(c: &mut Cursor<'_>) -> Result<Vec<(String, String)>> {
 fn read_table(c: &mut Cursor<'_>, data_offset: u64, file_len: u64) -> Result<Vec<TensorEntry>> {
     let n = c.u32("tensor count")?;
     if n > MAX_TENSORS {
-        return Err(Error::format(format!("{n} tensors is more than the limit of {MAX_TENSORS}")));
+        return Err(Error::format(format!(
+            "{n} tensors is more than the limit of {MAX_TENSORS}"
+        )));
     }
     let mut tensors: Vec<TensorEntry> = Vec::with_capacity(n as usize);
     let mut names = HashSet::new();
@@ -436,7 +473,10 @@ fn read_table(c: &mut Cursor<'_>, data_offset: u64, file_len: u64) -> Result<Vec
         let t = read_entry(c)?;
         validate_entry(&t, data_offset, file_len)?;
         if !names.insert(t.name.clone()) {
-            return Err(Error::format(format!("tensor {} appears twice in the table", t.name)));
+            return Err(Error::format(format!(
+                "tensor {} appears twice in the table",
+                t.name
+            )));
         }
         tensors.push(t);
     }
@@ -451,9 +491,13 @@ fn read_entry(c: &mut Cursor<'_>) -> Result<TensorEntry> {
         .ok_or_else(|| Error::format(format!("tensor {name}: unknown dtype code {code}")))?;
     let ndim = c.u32("tensor rank")?;
     if ndim == 0 || ndim > MAX_DIMS {
-        return Err(Error::format(format!("tensor {name}: rank {ndim} is not in 1..={MAX_DIMS}")));
+        return Err(Error::format(format!(
+            "tensor {name}: rank {ndim} is not in 1..={MAX_DIMS}"
+        )));
     }
-    let shape = (0..ndim).map(|_| c.u64("tensor shape")).collect::<Result<Vec<_>>>()?;
+    let shape = (0..ndim)
+        .map(|_| c.u64("tensor shape"))
+        .collect::<Result<Vec<_>>>()?;
     Ok(TensorEntry {
         name,
         dtype,
@@ -505,7 +549,10 @@ fn check_no_overlap(tensors: &[TensorEntry]) -> Result<()> {
     spans.sort_unstable();
     for w in spans.windows(2) {
         if w[1].0 < w[0].1 {
-            return Err(Error::format(format!("tensors {} and {} overlap", w[0].2, w[1].2)));
+            return Err(Error::format(format!(
+                "tensors {} and {} overlap",
+                w[0].2, w[1].2
+            )));
         }
     }
     Ok(())
@@ -524,7 +571,8 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| Error::format(format!("header ends in the middle of the {what}")))?;
+        let end =
+            end.ok_or_else(|| Error::format(format!("header ends in the middle of the {what}")))?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -541,7 +589,8 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u32(what)? as usize;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| Error::format(format!("the {what} is not UTF-8")))
+        String::from_utf8(raw.to_vec())
+            .map_err(|_| Error::format(format!("the {what} is not UTF-8")))
     }
 
     fn remaining(&self) -> usize {
@@ -616,7 +665,12 @@ impl ModelWriter {
         let mut tensors = Vec::with_capacity(specs.len());
         for s in specs {
             let len = s.dtype.tensor_bytes(&s.shape).ok_or_else(|| {
-                Error::invalid(format!("tensor {}: shape {:?} cannot be stored as {}", s.name, s.shape, s.dtype.name()))
+                Error::invalid(format!(
+                    "tensor {}: shape {:?} cannot be stored as {}",
+                    s.name,
+                    s.shape,
+                    s.dtype.name()
+                ))
             })?;
             if !names.insert(s.name.clone()) {
                 return Err(Error::invalid(format!("tensor {} given twice", s.name)));
@@ -727,7 +781,8 @@ impl ModelWriter {
                     entry.len
                 )));
             }
-            w.write_all(&vec![0u8; (entry.offset - pos) as usize]).map_err(io)?;
+            w.write_all(&vec![0u8; (entry.offset - pos) as usize])
+                .map_err(io)?;
             w.write_all(&data).map_err(io)?;
             pos = entry.offset + entry.len;
             self.plan.tensors[i].crc32 = crc32fast::hash(&data);
@@ -743,13 +798,19 @@ impl ModelWriter {
 
 /// `dir/.name.tmp-<pid>`: same directory (so the rename is atomic), hidden, unique per process.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// Makes the rename durable; failure only weakens durability after a power cut, so it is ignored.
 fn sync_parent_dir(path: &Path) {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if let Ok(dir) = File::open(parent) {
         let _ = dir.sync_all();
     }
@@ -776,13 +837,26 @@ mod tests {
 
     fn small_file() -> Vec<u8> {
         let specs = vec![
-            TensorSpec { name: "a".into(), dtype: DType::F32, shape: vec![3] },
-            TensorSpec { name: "b".into(), dtype: DType::Q8, shape: vec![2, 32] },
-            TensorSpec { name: "c".into(), dtype: DType::Q4, shape: vec![1, 64] },
+            TensorSpec {
+                name: "a".into(),
+                dtype: DType::F32,
+                shape: vec![3],
+            },
+            TensorSpec {
+                name: "b".into(),
+                dtype: DType::Q8,
+                shape: vec![2, 32],
+            },
+            TensorSpec {
+                name: "c".into(),
+                dtype: DType::Q4,
+                shape: vec![1, 64],
+            },
         ];
         let meta = vec![("converter".to_string(), "test".to_string())];
         let w = ModelWriter::new(hparams(), meta, vec![1, 2, 3], specs).unwrap();
-        w.write_to_vec(|i, e| Ok(vec![i as u8 + 1; e.len as usize])).unwrap()
+        w.write_to_vec(|i, e| Ok(vec![i as u8 + 1; e.len as usize]))
+            .unwrap()
     }
 
     #[test]
@@ -812,9 +886,14 @@ mod tests {
     fn flipped_bytes_are_errors_or_caught_by_verify() {
         let bytes = small_file();
         let layout = Layout::parse(&bytes).unwrap();
-        let tokenizer_end = layout.tokenizer.as_ptr() as usize - bytes.as_ptr() as usize + layout.tokenizer.len();
+        let tokenizer_end =
+            layout.tokenizer.as_ptr() as usize - bytes.as_ptr() as usize + layout.tokenizer.len();
         let covered = |i: u64| {
-            i < tokenizer_end as u64 || layout.tensors.iter().any(|t| (t.offset..t.offset + t.len).contains(&i))
+            i < tokenizer_end as u64
+                || layout
+                    .tensors
+                    .iter()
+                    .any(|t| (t.offset..t.offset + t.len).contains(&i))
         };
         for i in 0..bytes.len() {
             let mut b = bytes.clone();

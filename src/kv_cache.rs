@@ -51,7 +51,10 @@ impl KvCache {
     /// Stores position `pos`'s keys and values for `layer` (`k` and `v` are `n_head × head_dim`,
     /// heads concatenated, as the attention projection produces them).
     pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        assert!(layer < self.n_layer && pos < self.capacity, "KV cache index out of range");
+        assert!(
+            layer < self.n_layer && pos < self.capacity,
+            "KV cache index out of range"
+        );
         let hd = self.head_dim;
         for h in 0..self.n_head {
             let o = self.offset(layer, h, pos);

@@ -33,7 +33,10 @@ impl ModelFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
-            return Err(Error::invalid(format!("{} is not a regular file", path.display())));
+            return Err(Error::invalid(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
         }
         if meta.len() == 0 {
             return Err(Error::format(format!("{} is empty", path.display())));
@@ -130,7 +133,10 @@ mod tests {
 
     #[test]
     fn owned_bytes_round_trip_and_cast() {
-        let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let file = ModelFile::from_bytes(&raw);
         assert_eq!(file.bytes(), &raw[..]);
         assert_eq!(as_f32(file.bytes()), Some(&[1.5f32, -2.0][..]));

@@ -89,7 +89,12 @@ impl<'a> Model<'a> {
             )));
         }
         let t = Tensors { layout: &layout };
-        let (v, c, e, i) = (hp.n_vocab as usize, hp.n_ctx as usize, hp.n_embd as usize, hp.n_inner as usize);
+        let (v, c, e, i) = (
+            hp.n_vocab as usize,
+            hp.n_ctx as usize,
+            hp.n_embd as usize,
+            hp.n_inner as usize,
+        );
         let wte = t.matrix("wte.weight", v, e)?;
         let blocks = (0..hp.n_layer as usize)
             .map(|l| t.block(l, e, i))
@@ -113,7 +118,10 @@ impl<'a> Model<'a> {
 
     /// The metadata value for `key`.
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Bytes of weights read to generate one token (every matrix once, the LM head included).
@@ -139,11 +147,15 @@ struct Tensors<'l, 'a> {
 
 impl<'a> Tensors<'_, 'a> {
     fn entry(&self, name: &str, shape: &[usize]) -> Result<&TensorEntry> {
-        let entry = self
-            .layout
-            .entry(name)
-            .ok_or_else(|| Error::format(format!("tensor {name} is missing from the model file")))?;
-        if entry.shape.iter().map(|&d| d as usize).ne(shape.iter().copied()) {
+        let entry = self.layout.entry(name).ok_or_else(|| {
+            Error::format(format!("tensor {name} is missing from the model file"))
+        })?;
+        if entry
+            .shape
+            .iter()
+            .map(|&d| d as usize)
+            .ne(shape.iter().copied())
+        {
             return Err(Error::format(format!(
                 "tensor {name} has shape {:?}, expected {shape:?}",
                 entry.shape
@@ -155,7 +167,10 @@ impl<'a> Tensors<'_, 'a> {
     fn vector(&self, name: &str, n: usize) -> Result<&'a [f32]> {
         let entry = self.entry(name, &[n])?;
         if entry.dtype != DType::F32 {
-            return Err(Error::format(format!("tensor {name} must be f32, found {}", entry.dtype.name())));
+            return Err(Error::format(format!(
+                "tensor {name} must be f32, found {}",
+                entry.dtype.name()
+            )));
         }
         mmap::as_f32(self.layout.data(entry))
             .ok_or_else(|| Error::format(format!("tensor {name} is misaligned")))
@@ -356,7 +371,13 @@ impl<'m> Session<'m> {
         self.pos += 1;
         if want_logits {
             let hp = &model.hparams;
-            kernels::layer_norm(&s.x, model.ln_f.weight, model.ln_f.bias, hp.layer_norm_eps, &mut s.xn);
+            kernels::layer_norm(
+                &s.x,
+                model.ln_f.weight,
+                model.ln_f.bias,
+                hp.layer_norm_eps,
+                &mut s.xn,
+            );
             kernels::matvec(&model.lm_head, &s.xn, &mut s.logits);
         }
         Ok(())
@@ -374,10 +395,23 @@ fn t_checked(token: u32, model: &Model<'_>) -> Result<u32> {
 }
 
 /// `x += proj(attention(ln_1(x)))` for the token at `pos`, storing its keys and values.
-fn attention(b: &Block<'_>, layer: usize, pos: usize, hp: &HParams, cache: &mut KvCache, s: &mut Scratch) {
+fn attention(
+    b: &Block<'_>,
+    layer: usize,
+    pos: usize,
+    hp: &HParams,
+    cache: &mut KvCache,
+    s: &mut Scratch,
+) {
     let e = hp.n_embd as usize;
     let hd = hp.head_dim();
-    kernels::layer_norm(&s.x, b.ln_1.weight, b.ln_1.bias, hp.layer_norm_eps, &mut s.xn);
+    kernels::layer_norm(
+        &s.x,
+        b.ln_1.weight,
+        b.ln_1.bias,
+        hp.layer_norm_eps,
+        &mut s.xn,
+    );
     kernels::linear(&b.attn_qkv.weight, b.attn_qkv.bias, &s.xn, &mut s.qkv);
     let (q, kv) = s.qkv.split_at(e);
     let (k, v) = kv.split_at(e);
@@ -394,7 +428,10 @@ fn attention(b: &Block<'_>, layer: usize, pos: usize, hp: &HParams, cache: &mut 
         kernels::softmax(scores);
         let out = &mut s.attn[h * hd..(h + 1) * hd];
         out.fill(0.0);
-        for (&p, value) in scores.iter().zip(cache.values(layer, h, n).chunks_exact(hd)) {
+        for (&p, value) in scores
+            .iter()
+            .zip(cache.values(layer, h, n).chunks_exact(hd))
+        {
             kernels::axpy(out, p, value);
         }
     }
@@ -404,7 +441,13 @@ fn attention(b: &Block<'_>, layer: usize, pos: usize, hp: &HParams, cache: &mut 
 
 /// `x += mlp(ln_2(x))`.
 fn mlp(b: &Block<'_>, hp: &HParams, s: &mut Scratch) {
-    kernels::layer_norm(&s.x, b.ln_2.weight, b.ln_2.bias, hp.layer_norm_eps, &mut s.xn);
+    kernels::layer_norm(
+        &s.x,
+        b.ln_2.weight,
+        b.ln_2.bias,
+        hp.layer_norm_eps,
+        &mut s.xn,
+    );
     kernels::linear(&b.mlp_fc.weight, b.mlp_fc.bias, &s.xn, &mut s.hidden);
     match hp.activation {
         Activation::GeluTanh => kernels::gelu_tanh(&mut s.hidden),

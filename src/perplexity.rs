@@ -56,7 +56,9 @@ pub fn perplexity(
         )));
     }
     if stride == 0 || stride > window {
-        return Err(Error::invalid(format!("stride {stride} must be in 1..={window}")));
+        return Err(Error::invalid(format!(
+            "stride {stride} must be in 1..={window}"
+        )));
     }
     if ids.len() < window {
         return Err(Error::invalid(format!(
@@ -72,7 +74,11 @@ pub fn perplexity(
     let mut start = 0;
     while start + window <= ids.len() {
         // Positions before `first_scored` were scored by the previous, overlapping window.
-        let first_scored = if start == 0 { 0 } else { (window - stride).saturating_sub(1) };
+        let first_scored = if start == 0 {
+            0
+        } else {
+            (window - stride).saturating_sub(1)
+        };
         let w = &ids[start..start + window];
         session.reset();
         let mut sum = 0.0;

@@ -78,12 +78,16 @@ impl SamplerConfig {
         } = *self;
         // Written so that NaN fails every check.
         if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(flag_error("--temperature", "a finite number >= 0", temperature));
+            return Err(flag_error(
+                "--temperature",
+                "a finite number >= 0",
+                temperature,
+            ));
         }
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(flag_error("--top-p", "in (0, 1]", top_p));
         }
-        if !(min_p >= 0.0 && min_p < 1.0) {
+        if !(0.0..1.0).contains(&min_p) {
             return Err(flag_error("--min-p", "in [0, 1)", min_p));
         }
         if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
@@ -190,7 +194,9 @@ impl Sampler {
         let window = &history[history.len().saturating_sub(self.config.repeat_last_n)..];
         for &token in window {
             let index = token as usize;
-            if let (Some(logit), Some(done)) = (logits.get_mut(index), self.penalised.get_mut(index)) {
+            if let (Some(logit), Some(done)) =
+                (logits.get_mut(index), self.penalised.get_mut(index))
+            {
                 if !*done {
                     *done = true;
                     *logit = penalise(*logit, penalty);
@@ -215,7 +221,8 @@ impl Sampler {
             }));
         let top_k = self.config.top_k;
         if top_k > 0 && top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(top_k - 1, ranks_before);
+            self.candidates
+                .select_nth_unstable_by(top_k - 1, ranks_before);
             self.candidates.truncate(top_k);
         }
     }
@@ -224,7 +231,11 @@ impl Sampler {
     /// weight exactly 1, and return the sum of the weights.
     fn weigh_candidates(&mut self) -> f64 {
         let temperature = self.config.temperature;
-        let max_logit = self.candidates.iter().map(|c| c.logit).fold(f32::MIN, f32::max);
+        let max_logit = self
+            .candidates
+            .iter()
+            .map(|c| c.logit)
+            .fold(f32::MIN, f32::max);
         let max_scaled = scale_by_temperature(max_logit, temperature);
         let mut total = 0.0;
         for candidate in &mut self.candidates {
@@ -430,7 +441,13 @@ mod tests {
     fn pcg32_matches_reference_output() {
         // First outputs of the PCG reference demo, `pcg32_srandom_r(&rng, 42, 54)`.
         let mut rng = Pcg32::new(42, 54);
-        let expected = [0xa15c_02b7, 0x7b47_f409, 0xba1d_3330, 0x83d2_f293, 0xbfa4_784b];
+        let expected = [
+            0xa15c_02b7,
+            0x7b47_f409,
+            0xba1d_3330,
+            0x83d2_f293,
+            0xbfa4_784b,
+        ];
         for value in expected {
             assert_eq!(rng.next_u32(), value);
         }
@@ -487,12 +504,13 @@ mod tests {
     #[test]
     fn seeded_sequence_is_pinned() {
         // Guards against silent changes to the RNG or the pipeline: same seed, same tokens, everywhere.
-        let logits = wavy_logits(100);
+        // Exact logits (quarters), so only `exp` could differ between platforms.
+        let logits: Vec<f32> = (0..100u32).map(|i| ((i * 7) % 13) as f32 * 0.25).collect();
         let tokens = draws(pure_temperature(1.0, 42), &logits, 8);
         assert_eq!(tokens, PINNED_SEED_42);
     }
 
-    const PINNED_SEED_42: [u32; 8] = [0; 8];
+    const PINNED_SEED_42: [u32; 8] = [81, 64, 71, 64, 96, 61, 85, 93];
 
     #[test]
     fn top_k_one_equals_greedy_at_any_temperature() {
@@ -684,10 +702,25 @@ mod tests {
         };
         assert!(invalid_message(infinite_temperature).contains("--temperature"));
         for (config, flag) in [
-            (SamplerConfig { top_p: f32::NAN, ..base.clone() }, "--top-p"),
-            (SamplerConfig { min_p: f32::NAN, ..base.clone() }, "--min-p"),
             (
-                SamplerConfig { repetition_penalty: f32::INFINITY, ..base },
+                SamplerConfig {
+                    top_p: f32::NAN,
+                    ..base.clone()
+                },
+                "--top-p",
+            ),
+            (
+                SamplerConfig {
+                    min_p: f32::NAN,
+                    ..base.clone()
+                },
+                "--min-p",
+            ),
+            (
+                SamplerConfig {
+                    repetition_penalty: f32::INFINITY,
+                    ..base
+                },
                 "--repeat-penalty",
             ),
         ] {
@@ -715,7 +748,9 @@ mod tests {
                 let mut sampler = sampler(config, 4);
                 let mut logits = [0.0, 1.0, bad, bad];
                 match sampler.sample(&mut logits, &[]) {
-                    Err(Error::Numeric(message)) => assert!(message.contains("logit 2"), "{message}"),
+                    Err(Error::Numeric(message)) => {
+                        assert!(message.contains("logit 2"), "{message}")
+                    }
                     other => panic!("expected a numeric error, got {other:?}"),
                 }
             }

@@ -43,7 +43,11 @@ impl<'a> Matrix<'a> {
             Weights::Q8(w) => cols % QK == 0 && w.len() * QK == n,
             Weights::Q4(w) => cols % QK == 0 && w.len() * QK == n,
         };
-        ok.then_some(Matrix { rows, cols, weights })
+        ok.then_some(Matrix {
+            rows,
+            cols,
+            weights,
+        })
     }
 
     /// The storage dtype.

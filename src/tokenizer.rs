@@ -292,8 +292,8 @@ impl Tokenizer {
     /// Build from token byte strings (index = id), merges in rank order as pairs of token ids, and
     /// special tokens as (text, id).
     ///
-    /// Validates, failing with [`Error::format`] naming the problem: at most `u32::MAX` tokens, merges
-    /// and special tokens; every token non-empty, at most 65535 bytes and unique (no two tokens may
+    /// Validates, failing with [`Error::format`] naming the problem: fewer than `u32::MAX` tokens,
+    /// merges and special tokens; every token non-empty, at most 65535 bytes and unique (no two tokens may
     /// share bytes: a merge result or a byte would be ambiguous); a token for each of the 256 single
     /// bytes; every merge's parts < `n_tokens`, their concatenation itself a token, and no pair
     /// merged twice; every special id < `n_tokens`, its text non-empty, unique and equal to the
@@ -310,7 +310,6 @@ impl Tokenizer {
         let byte_tokens = single_byte_tokens(&index)?;
         let (merge_ranks, merge_results) = index_merges(&tokens, &index, &merges)?;
         check_special(&tokens, &special)?;
-        drop(index);
         let (bytes, offsets) = flatten_tokens(&tokens);
         Ok(Self {
             bytes,
@@ -415,7 +414,11 @@ impl Tokenizer {
         put_u32(out, self.n_tokens());
         put_u32(out, self.merges.len());
         put_u32(out, self.special.len());
-        for bytes in self.offsets.windows(2).filter_map(|w| self.bytes.get(w[0]..w[1])) {
+        for bytes in self
+            .offsets
+            .windows(2)
+            .filter_map(|w| self.bytes.get(w[0]..w[1]))
+        {
             put_u16(out, bytes.len());
             out.extend_from_slice(bytes);
         }
@@ -565,7 +568,9 @@ fn single_byte_tokens(index: &HashMap<&[u8], u32>) -> Result<[u32; 256]> {
     let mut table = [0; 256];
     for (b, slot) in (0u8..=255).zip(table.iter_mut()) {
         *slot = *index.get([b].as_slice()).ok_or_else(|| {
-            Error::format(format!("tokenizer has no token for the single byte 0x{b:02x}"))
+            Error::format(format!(
+                "tokenizer has no token for the single byte 0x{b:02x}"
+            ))
         })?;
     }
     Ok(table)
@@ -620,7 +625,9 @@ fn check_special(tokens: &[Vec<u8>], special: &[(String, u32)]) -> Result<()> {
             ))
         })?;
         if text.is_empty() {
-            return Err(Error::format(format!("special token with id {id} has empty text")));
+            return Err(Error::format(format!(
+                "special token with id {id} has empty text"
+            )));
         }
         if bytes.as_slice() != text.as_bytes() {
             return Err(Error::format(format!(
@@ -629,7 +636,9 @@ fn check_special(tokens: &[Vec<u8>], special: &[(String, u32)]) -> Result<()> {
             )));
         }
         if special[..i].iter().any(|(earlier, _)| earlier == text) {
-            return Err(Error::format(format!("special token {text:?} is listed twice")));
+            return Err(Error::format(format!(
+                "special token {text:?} is listed twice"
+            )));
         }
     }
     Ok(())
@@ -732,7 +741,10 @@ struct SpecialFinder<'a> {
 
 impl<'a> SpecialFinder<'a> {
     fn new(text: &'a str, special: &'a [(String, u32)]) -> Self {
-        let next_at = special.iter().map(|(token, _)| text.find(token.as_str())).collect();
+        let next_at = special
+            .iter()
+            .map(|(token, _)| text.find(token.as_str()))
+            .collect();
         Self {
             text,
             special,
@@ -798,7 +810,8 @@ impl BpeScratch {
         self.next.clear();
         self.next.extend((1..n).chain([NONE]));
         self.prev.clear();
-        self.prev.extend([NONE].into_iter().chain(0..n.saturating_sub(1)));
+        self.prev
+            .extend([NONE].into_iter().chain(0..n.saturating_sub(1)));
         self.heap.clear();
         self.touched.clear();
     }
@@ -898,7 +911,9 @@ impl<'a> SectionReader<'a> {
 
     fn read_token(&mut self, id: u32) -> Result<Vec<u8>> {
         let len = self.u16(format_args!("token {id}'s length"))?;
-        Ok(self.take(usize::from(len), format_args!("token {id}"))?.to_vec())
+        Ok(self
+            .take(usize::from(len), format_args!("token {id}"))?
+            .to_vec())
     }
 
     fn read_merge(&mut self, rank: u32) -> Result<(u32, u32)> {
@@ -912,7 +927,9 @@ impl<'a> SectionReader<'a> {
         let len = self.u16(format_args!("special token {i}'s length"))?;
         let text = self.take(usize::from(len), format_args!("special token {i}"))?;
         let text = std::str::from_utf8(text).map_err(|e| {
-            Error::format(format!("tokenizer section: special token {i} is not UTF-8 ({e})"))
+            Error::format(format!(
+                "tokenizer section: special token {i} is not UTF-8 ({e})"
+            ))
         })?;
         Ok((text.to_string(), id))
     }
@@ -991,4 +1008,182 @@ fn decode_lossy_into(bytes: &[u8], out: &mut String, hold_back_incomplete: bool)
 /// Whether `bytes` is the start of a valid UTF-8 sequence that more bytes could complete.
 fn is_incomplete_sequence(bytes: &[u8]) -> bool {
     matches!(std::str::from_utf8(bytes), Err(e) if e.error_len().is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pretokens(text: &str) -> Vec<&str> {
+        PreTokens { rest: text }.collect()
+    }
+
+    /// Expected splits taken from Python's `regex.findall` with GPT-2's pattern.
+    #[test]
+    fn scanner_splits_as_gpt2s_regex() {
+        let cases: &[(&str, &[&str])] = &[
+            ("", &[]),
+            (" ", &[" "]),
+            ("hello world", &["hello", " world"]),
+            ("  hello", &[" ", " hello"]),
+            ("hello   ", &["hello", "   "]),
+            ("a \n", &["a", " \n"]),
+            ("a  \nb", &["a", "  ", "\n", "b"]),
+            ("x\n\n  y", &["x", "\n\n ", " y"]),
+            ("\t\tx", &["\t", "\t", "x"]),
+            ("a\u{a0}b", &["a", "\u{a0}", "b"]),
+            ("x \u{3000}y", &["x", " ", "\u{3000}", "y"]),
+            ("it's", &["it", "'s"]),
+            ("don't", &["don", "'t"]),
+            ("IT'S", &["IT", "'", "S"]),
+            ("'ll've", &["'ll", "'ve"]),
+            ("'''", &["'''"]),
+            ("!'s", &["!'", "s"]),
+            (" 123abc", &[" 123", "abc"]),
+            (" !!", &[" !!"]),
+            ("Ⅻ½x", &["Ⅻ½", "x"]),
+            ("नमस्ते", &["नमस", "्", "त", "े"]),
+            ("a\u{345}b", &["a", "\u{345}", "b"]),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(pretokens(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn letters_are_general_category_l_not_alphabetic() {
+        // Alphabetic, but a mark (Mc, Mn) or a symbol (So): `\p{L}` excludes them.
+        for c in ['\u{93e}', '\u{345}', 'Ⓐ'] {
+            assert!(c.is_alphabetic());
+            assert_eq!(char_class(c), CharClass::Other, "{c:?}");
+        }
+        assert_eq!(char_class('ª'), CharClass::Letter);
+        assert_eq!(char_class('ʰ'), CharClass::Letter);
+        assert_eq!(char_class('Ⅻ'), CharClass::Number);
+        assert_eq!(char_class('\u{b}'), CharClass::Space);
+        assert_eq!(char_class('\u{85}'), CharClass::Space);
+        assert_eq!(char_class('\u{1c}'), CharClass::Other);
+        assert_eq!(char_class('\u{200b}'), CharClass::Other);
+    }
+
+    /// 256 single bytes plus `extra`, merges by bytes in rank order, and `special` by text.
+    fn small(extra: &[&str], merges: &[(&str, &str)], special: &[&str]) -> Tokenizer {
+        let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        tokens.extend(extra.iter().map(|t| t.as_bytes().to_vec()));
+        let id = |t: &str| {
+            let i = tokens.iter().position(|b| b == t.as_bytes()).expect(t);
+            u32::try_from(i).expect("id")
+        };
+        let merges = merges.iter().map(|&(l, r)| (id(l), id(r))).collect();
+        let special = special.iter().map(|&s| (s.to_string(), id(s))).collect();
+        Tokenizer::new(tokens, merges, special).expect("valid tokenizer")
+    }
+
+    /// `GPT2Tokenizer.bpe`, transcribed: merge all occurrences of the lowest-ranked pair per round.
+    fn reference_bpe(tok: &Tokenizer, piece: &[u8]) -> Vec<u32> {
+        let mut word: Vec<u32> = piece
+            .iter()
+            .map(|&b| tok.byte_tokens[usize::from(b)])
+            .collect();
+        loop {
+            let best = word
+                .windows(2)
+                .filter_map(|w| tok.merge_ranks.get(&pair_key(w[0], w[1])))
+                .min();
+            let Some(&rank) = best else { break };
+            let (first, second) = tok.merges[rank as usize];
+            let mut merged = Vec::new();
+            let mut i = 0;
+            while i < word.len() {
+                if word[i] == first && word.get(i + 1) == Some(&second) {
+                    merged.push(tok.merge_results[rank as usize]);
+                    i += 2;
+                } else {
+                    merged.push(word[i]);
+                    i += 1;
+                }
+            }
+            word = merged;
+        }
+        word
+    }
+
+    fn bpe(tok: &Tokenizer, piece: &[u8]) -> Vec<u32> {
+        let mut out = Vec::new();
+        tok.bpe_into(piece, &mut BpeScratch::default(), &mut out);
+        out
+    }
+
+    #[test]
+    fn bpe_merges_every_occurrence_before_new_pairs() {
+        // ("ab", "a") outranks ("a", "b"), which creates it: Hugging Face still merges both "ab"s
+        // of "abab" first, giving [ab, ab] rather than [aba, b].
+        let tok = small(&["ab", "aba"], &[("ab", "a"), ("a", "b")], &[]);
+        assert_eq!(bpe(&tok, b"abab"), [256, 256]);
+        assert_eq!(bpe(&tok, b"abab"), reference_bpe(&tok, b"abab"));
+        // Overlapping occurrences of a pair merge left to right.
+        let tok = small(&["aa"], &[("a", "a")], &[]);
+        assert_eq!(bpe(&tok, b"aaa"), [256, 97]);
+        assert_eq!(bpe(&tok, b"aaaa"), [256, 256]);
+    }
+
+    #[test]
+    fn bpe_matches_reference_on_random_words() {
+        let tok = small(
+            &[
+                "ab", "ba", "aa", "abc", "cab", "aab", "bab", "abab", "cc", "ccc", "bc",
+            ],
+            &[
+                ("b", "a"),
+                ("ab", "c"),
+                ("a", "b"),
+                ("c", "ab"),
+                ("ab", "ab"),
+                ("a", "a"),
+                ("b", "ab"),
+                ("cc", "c"),
+                ("aa", "b"),
+                ("c", "c"),
+                ("b", "c"),
+            ],
+            &[],
+        );
+        let mut state = 0x1234_5678_9abc_def1_u64;
+        for _ in 0..5000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 13) as usize;
+            let word: Vec<u8> = (0..len)
+                .map(|i| b"abc"[(state >> (8 + 2 * i)) as usize % 3])
+                .collect();
+            assert_eq!(
+                bpe(&tok, &word),
+                reference_bpe(&tok, &word),
+                "{:?}",
+                String::from_utf8_lossy(&word)
+            );
+        }
+    }
+
+    #[test]
+    fn special_tokens_match_leftmost_then_longest() {
+        let tok = small(&["<a>", "<a><b>", "<b>"], &[], &["<a>", "<a><b>", "<b>"]);
+        let (a, ab, b) = (256, 257, 258);
+        assert_eq!(tok.encode("x<a><b>y"), [120, ab, 121]);
+        assert_eq!(tok.encode("<a><a><b><b>"), [a, ab, b]);
+        assert_eq!(tok.encode("<a>"), [a]);
+        assert_eq!(tok.encode("<b"), [60, 98]);
+        assert_eq!(tok.encode_ordinary("<b>"), [60, 98, 62]);
+    }
+
+    #[test]
+    fn section_reader_caps_counts_by_input_length() {
+        let mut section = Vec::new();
+        for count in [u32::MAX, 0, 0] {
+            section.extend_from_slice(&count.to_le_bytes());
+        }
+        let err = Tokenizer::from_section(&section).expect_err("huge count");
+        assert!(err.to_string().contains("need at least"), "{err}");
+    }
 }

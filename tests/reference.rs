@@ -21,18 +21,28 @@ fn prompts() -> &'static Vec<serde_json::Value> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Logits at every position of `tokens`.
 fn all_logits(model: &Model<'_>, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut session = Session::new(model, tokens.len()).unwrap();
-    tokens.iter().map(|&t| session.forward(t).unwrap().to_vec()).collect()
+    tokens
+        .iter()
+        .map(|&t| session.forward(t).unwrap().to_vec())
+        .collect()
 }
 
 fn top10(logits: &[f32]) -> Vec<(u32, f32)> {
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     idx.truncate(10);
     idx.into_iter().map(|i| (i, logits[i as usize])).collect()
 }
@@ -44,7 +54,9 @@ fn same_top10(ours: &[(u32, f32)], theirs: &[(u32, f32)], tie: f32) -> bool {
     let b: Vec<u32> = theirs.iter().map(|x| x.0).collect();
     for i in 0..a.len() {
         if a[i] != b[i] {
-            let Some(j) = a.iter().position(|&x| x == b[i]) else { return false };
+            let Some(j) = a.iter().position(|&x| x == b[i]) else {
+                return false;
+            };
             if (theirs[i].1 - theirs.get(j).map_or(f32::MIN, |t| t.1)).abs() > tie {
                 return false;
             }
@@ -60,12 +72,20 @@ fn check_logits_and_top10(quant: Quant) {
     for p in prompts() {
         let name = p["name"].as_str().unwrap();
         let tokens = ids(&p["ids"]);
-        assert_eq!(model.tokenizer.encode(p["text"].as_str().unwrap()), tokens, "{name}: prompt ids");
+        assert_eq!(
+            model.tokenizer.encode(p["text"].as_str().unwrap()),
+            tokens,
+            "{name}: prompt ids"
+        );
         let logits = all_logits(&model, &tokens);
         let diff = max_abs_diff(logits.last().unwrap(), &floats(&p["last_logits"]));
         println!("{} {name:<16} last-position logits max |diff| = {diff:.2e} (tolerance {LOGIT_TOLERANCE:.0e})", quant.name());
         assert!(diff <= LOGIT_TOLERANCE, "{name}: max diff {diff}");
-        for (pos, (row, theirs)) in logits.iter().zip(p["top10_per_position"].as_array().unwrap()).enumerate() {
+        for (pos, (row, theirs)) in logits
+            .iter()
+            .zip(p["top10_per_position"].as_array().unwrap())
+            .enumerate()
+        {
             let theirs: Vec<(u32, f32)> = theirs
                 .as_array()
                 .unwrap()
@@ -73,7 +93,10 @@ fn check_logits_and_top10(quant: Quant) {
                 .map(|e| (e[0].as_u64().unwrap() as u32, e[1].as_f64().unwrap() as f32))
                 .collect();
             let ours = top10(row);
-            assert!(same_top10(&ours, &theirs, 2e-5), "{name} position {pos}: top-10 {ours:?} vs {theirs:?}");
+            assert!(
+                same_top10(&ours, &theirs, 2e-5),
+                "{name} position {pos}: top-10 {ours:?} vs {theirs:?}"
+            );
         }
     }
 }
@@ -88,17 +111,36 @@ fn greedy_matches(quant: Quant) -> usize {
         let prompt = ids(&p["ids"]);
         let expected = ids(&p["greedy"]["ids"]);
         let mut session = Session::new(&model, prompt.len() + expected.len()).unwrap();
-        let mut sampler = Sampler::new(SamplerConfig::greedy(), model.hparams.n_vocab as usize).unwrap();
-        let rules = StopRules { max_new_tokens: expected.len(), stop_token: None };
+        let mut sampler =
+            Sampler::new(SamplerConfig::greedy(), model.hparams.n_vocab as usize).unwrap();
+        let rules = StopRules {
+            max_new_tokens: expected.len(),
+            stop_token: None,
+        };
         let mut got = Vec::new();
         let mut history = Vec::new();
-        generate(&mut session, &mut sampler, &prompt, rules, &mut history, |t| {
-            got.push(t);
-            std::ops::ControlFlow::Continue(())
-        })
+        generate(
+            &mut session,
+            &mut sampler,
+            &prompt,
+            rules,
+            &mut history,
+            |t| {
+                got.push(t);
+                std::ops::ControlFlow::Continue(())
+            },
+        )
         .unwrap();
-        let agree = got.iter().zip(&expected).take_while(|(a, b)| a == b).count();
-        println!("{} {name:<16} greedy: {agree}/{} tokens agree", quant.name(), expected.len());
+        let agree = got
+            .iter()
+            .zip(&expected)
+            .take_while(|(a, b)| a == b)
+            .count();
+        println!(
+            "{} {name:<16} greedy: {agree}/{} tokens agree",
+            quant.name(),
+            expected.len()
+        );
         if got == expected {
             matched += 1;
         }
@@ -111,15 +153,31 @@ fn greedy_matches(quant: Quant) -> usize {
 fn perplexity_vs_reference(quant: Quant) -> (f64, f64) {
     let ppl = &reference()["perplexity"];
     let window = ppl["window"].as_u64().unwrap() as usize;
-    let windows = if EMULATED { 2 } else { ppl["n_windows"].as_u64().unwrap() as usize };
+    let windows = if EMULATED {
+        2
+    } else {
+        ppl["n_windows"].as_u64().unwrap() as usize
+    };
     let file = ModelFile::open(&converted(quant)).unwrap();
     let model = Model::load(&file, false).unwrap();
     let text = std::fs::read_to_string(common::fixtures().join("heldout.txt")).unwrap();
     let ids = model.tokenizer.encode(&text);
     assert_eq!(ids[..16], common::ids(&ppl["first_ids"])[..]);
     let mut session = Session::new(&model, window).unwrap();
-    let report = perplexity(&mut session, &ids[..window * windows], window, window, |_, _| {}).unwrap();
-    let ref_nll: Vec<f64> = ppl["window_mean_nll"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let report = perplexity(
+        &mut session,
+        &ids[..window * windows],
+        window,
+        window,
+        |_, _| {},
+    )
+    .unwrap();
+    let ref_nll: Vec<f64> = ppl["window_mean_nll"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let ref_mean = ref_nll[..windows].iter().sum::<f64>() / windows as f64;
     (report.perplexity(), ref_mean.exp())
 }
@@ -152,7 +210,10 @@ fn q8_greedy_continuations_mostly_match() {
 fn f32_perplexity_within_0_1_percent() {
     let (ours, theirs) = perplexity_vs_reference(Quant::F32);
     let rel = (ours / theirs - 1.0).abs();
-    println!("f32 perplexity {ours:.4} vs reference {theirs:.4} ({:.4}%)", rel * 100.0);
+    println!(
+        "f32 perplexity {ours:.4} vs reference {theirs:.4} ({:.4}%)",
+        rel * 100.0
+    );
     assert!(rel <= 0.001);
 }
 
@@ -160,7 +221,10 @@ fn f32_perplexity_within_0_1_percent() {
 fn q8_perplexity_within_0_5_percent() {
     let (ours, theirs) = perplexity_vs_reference(Quant::Q8);
     let rel = (ours / theirs - 1.0).abs();
-    println!("q8 perplexity {ours:.4} vs reference {theirs:.4} ({:+.4}%)", (ours / theirs - 1.0) * 100.0);
+    println!(
+        "q8 perplexity {ours:.4} vs reference {theirs:.4} ({:+.4}%)",
+        (ours / theirs - 1.0) * 100.0
+    );
     assert!(rel <= 0.005);
 }
 
@@ -168,6 +232,9 @@ fn q8_perplexity_within_0_5_percent() {
 fn q4_perplexity_within_2_percent() {
     let (ours, theirs) = perplexity_vs_reference(Quant::Q4);
     let rel = (ours / theirs - 1.0).abs();
-    println!("q4 perplexity {ours:.4} vs reference {theirs:.4} ({:+.4}%)", (ours / theirs - 1.0) * 100.0);
+    println!(
+        "q4 perplexity {ours:.4} vs reference {theirs:.4} ({:+.4}%)",
+        (ours / theirs - 1.0) * 100.0
+    );
     assert!(rel <= 0.02);
 }

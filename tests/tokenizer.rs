@@ -116,7 +116,10 @@ fn case_failures(tok: &Tokenizer, case: &Case) -> Vec<String> {
     }
     match tok.decode(&case.ids) {
         Ok(decoded) if decoded == case.decoded => {}
-        other => failures.push(format!("decode: expected {:?}, got {other:?}", case.decoded)),
+        other => failures.push(format!(
+            "decode: expected {:?}, got {other:?}",
+            case.decoded
+        )),
     }
     match tok.decode(&tok.encode(&case.text)) {
         Ok(round_trip) if round_trip == case.text => {}
@@ -155,10 +158,16 @@ fn heldout_text_encodes_as_hugging_face() {
         ids.len()
     );
     let expected_start = [
-        37286, 367, 1677, 18276, 13889, 25, 198, 13295, 880, 22027, 43159, 711, 1549, 262, 393, 1352,
+        37286, 367, 1677, 18276, 13889, 25, 198, 13295, 880, 22027, 43159, 711, 1549, 262, 393,
+        1352,
     ];
     let head = &ids[..expected_start.len().min(ids.len())];
-    assert_eq!(head, expected_start, "{}", ids_diff(tok, &expected_start, head));
+    assert_eq!(
+        head,
+        expected_start,
+        "{}",
+        ids_diff(tok, &expected_start, head)
+    );
     assert_eq!(ids.len(), 79220, "token count of heldout.txt");
     assert_eq!(tok.decode(&ids).expect("decode"), text);
 }
@@ -183,7 +192,9 @@ fn gpt2_vocabulary_shape() {
 
 #[test]
 fn decode_rejects_out_of_range_ids() {
-    let err = gpt2().decode(&[15496, 50257]).expect_err("id 50257 is out of range");
+    let err = gpt2()
+        .decode(&[15496, 50257])
+        .expect_err("id 50257 is out of range");
     assert!(err.to_string().contains("50257"), "{err}");
     assert!(matches!(err, gpt2q::Error::InvalidInput(_)), "{err:?}");
 }
@@ -196,7 +207,11 @@ fn byte_alphabet_is_gpt2s() {
     assert_eq!(byte_to_unicode(0x00), 'Ā');
     assert_eq!(byte_to_unicode(0xad), 'Ń');
     for b in 0..=255u8 {
-        assert_eq!(unicode_to_byte(byte_to_unicode(b)), Some(b), "byte {b:#04x}");
+        assert_eq!(
+            unicode_to_byte(byte_to_unicode(b)),
+            Some(b),
+            "byte {b:#04x}"
+        );
     }
     for c in [' ', '\n', '\u{a0}', '\u{ad}', '\u{144}', '😀'] {
         assert_eq!(unicode_to_byte(c), None, "{c:?} is not in the alphabet");
@@ -290,7 +305,10 @@ fn damaged_sections_never_panic() {
     }
     let mut trailing = section.clone();
     trailing.push(0);
-    assert!(Tokenizer::from_section(&trailing).is_err(), "trailing byte accepted");
+    assert!(
+        Tokenizer::from_section(&trailing).is_err(),
+        "trailing byte accepted"
+    );
 }
 
 /// 256 single-byte tokens plus `extra`, merges between them by bytes, and no special tokens.
@@ -315,16 +333,19 @@ fn new_rejects_malformed_tables() {
         assert!(matches!(err, gpt2q::Error::Format(_)), "{err:?}");
         assert!(err.to_string().contains(needle), "{err} lacks {needle:?}");
     };
-    expect_format_error(
-        small_tokenizer(&["abc"], &[("a", "b")]),
-        "not a token",
-    );
+    expect_format_error(small_tokenizer(&["abc"], &[("a", "b")]), "not a token");
     expect_format_error(small_tokenizer(&["ab", "ab"], &[]), "same bytes");
-    expect_format_error(small_tokenizer(&["ab"], &[("a", "b"), ("a", "b")]), "both the pair");
+    expect_format_error(
+        small_tokenizer(&["ab"], &[("a", "b"), ("a", "b")]),
+        "both the pair",
+    );
     expect_format_error(small_tokenizer(&[""], &[]), "empty");
     expect_format_error(Tokenizer::new(vec![vec![0]], vec![], vec![]), "0x01");
     let bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-    expect_format_error(Tokenizer::new(bytes.clone(), vec![(0, 256)], vec![]), "out of range");
+    expect_format_error(
+        Tokenizer::new(bytes.clone(), vec![(0, 256)], vec![]),
+        "out of range",
+    );
     expect_format_error(
         Tokenizer::new(bytes.clone(), vec![], vec![("A".into(), 256)]),
         "out of range",
@@ -350,7 +371,11 @@ fn from_hf_rejects_bad_files() {
     let no_header = Tokenizer::from_hf(vocab(&[("ab", 256)]), "a b").expect("valid");
     assert_eq!(no_header.merges(), [(97, 98)]);
 
-    let error = |vocab, merges: &str| Tokenizer::from_hf(vocab, merges).expect_err("bad").to_string();
+    let error = |vocab, merges: &str| {
+        Tokenizer::from_hf(vocab, merges)
+            .expect_err("bad")
+            .to_string()
+    };
     assert!(error(vocab(&[("ab", 300)]), "").contains("300"));
     assert!(error(vocab(&[("ab", 5)]), "").contains("twice"));
     assert!(error(vocab(&[("a b", 256)]), "").contains("alphabet"));

@@ -25,7 +25,11 @@ pub fn run(args: Args) -> Result<()> {
     let file = ModelFile::open(&args.model)?;
     let model = Model::load(&file, false)?;
     let hp = &model.hparams;
-    println!("file:        {} ({:.1} MiB)", args.model.display(), mib(file.bytes().len()));
+    println!(
+        "file:        {} ({:.1} MiB)",
+        args.model.display(),
+        mib(file.bytes().len())
+    );
     for (k, v) in &model.metadata {
         println!("{:<12} {v}", format!("{k}:"));
     }
@@ -60,6 +64,9 @@ pub fn run(args: Args) -> Result<()> {
         mib(session.memory_bytes()),
         mib(weights + session.memory_bytes())
     );
-    println!("per token:   {:.1} MiB of weights read", mib(model.weight_bytes_per_token()));
+    println!(
+        "per token:   {:.1} MiB of weights read",
+        mib(model.weight_bytes_per_token())
+    );
     Ok(())
 }

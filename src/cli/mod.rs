@@ -66,7 +66,11 @@ pub fn exit_code(e: &Error) -> u8 {
 fn verify(path: &Path) -> Result<()> {
     let file = ModelFile::open(path)?;
     let model = Model::load(&file, true)?;
-    println!("{}: OK ({} tensors verified)", path.display(), model.tensors.len());
+    println!(
+        "{}: OK ({} tensors verified)",
+        path.display(),
+        model.tensors.len()
+    );
     Ok(())
 }
 
@@ -118,7 +122,9 @@ impl ModelArgs {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         // A second call (tests running several commands in one process) keeps the first pool.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
         Ok(())
     }
 }

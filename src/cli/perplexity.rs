@@ -52,7 +52,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut session = Session::new(&model, window.max(1))?;
     let start = std::time::Instant::now();
     let report = perplexity(&mut session, &ids, window, stride, |_, _| {})?;
-    println!("tokens: {} ({} scored in {} windows)", ids.len(), report.scored_tokens, report.window_mean_nll.len());
+    println!(
+        "tokens: {} ({} scored in {} windows)",
+        ids.len(),
+        report.scored_tokens,
+        report.window_mean_nll.len()
+    );
     println!("mean_nll: {:.6}", report.mean_nll());
     println!("perplexity: {:.4}", report.perplexity());
     eprintln!(

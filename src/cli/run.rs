@@ -111,9 +111,13 @@ pub fn run(args: Args) -> Result<()> {
         ids.push(model.hparams.eos_id);
     }
     let max_ctx = model.hparams.n_ctx as usize;
-    let ctx = args.ctx.unwrap_or((ids.len() + args.n_predict).min(max_ctx));
+    let ctx = args
+        .ctx
+        .unwrap_or((ids.len() + args.n_predict).min(max_ctx));
     if ctx == 0 || ctx > max_ctx {
-        return Err(Error::invalid(format!("--ctx must be in 1..={max_ctx} for this model, got {ctx}")));
+        return Err(Error::invalid(format!(
+            "--ctx must be in 1..={max_ctx} for this model, got {ctx}"
+        )));
     }
     if ids.len() > ctx {
         return Err(Error::invalid(format!(
@@ -124,7 +128,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut session = Session::new(&model, ctx)?;
     let mut sampler = Sampler::new(config.clone(), model.hparams.n_vocab as usize)?;
     if !args.quiet {
-        eprintln!("gpt2q: {} prompt tokens, ctx {ctx}, seed {}", ids.len(), config.seed);
+        eprintln!(
+            "gpt2q: {} prompt tokens, ctx {ctx}, seed {}",
+            ids.len(),
+            config.seed
+        );
     }
     let rules = StopRules {
         max_new_tokens: args.n_predict,

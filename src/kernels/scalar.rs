@@ -42,7 +42,11 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += ca[i] * cb[i];
         }
     }
-    let tail: f32 = a[chunks..].iter().zip(&b[chunks..]).map(|(x, y)| x * y).sum();
+    let tail: f32 = a[chunks..]
+        .iter()
+        .zip(&b[chunks..])
+        .map(|(x, y)| x * y)
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 
@@ -85,13 +89,19 @@ pub fn dequantize_row(w: &Matrix<'_>, r: usize, out: &mut [f32]) {
         }
         Weights::Q8(blocks) => {
             let nb = cols / QK;
-            for (b, o) in blocks[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, o) in blocks[r * nb..(r + 1) * nb]
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 b.dequantize(o.try_into().expect("chunk of QK"));
             }
         }
         Weights::Q4(blocks) => {
             let nb = cols / QK;
-            for (b, o) in blocks[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
+            for (b, o) in blocks[r * nb..(r + 1) * nb]
+                .iter()
+                .zip(out.chunks_exact_mut(QK))
+            {
                 b.dequantize(o.try_into().expect("chunk of QK"));
             }
         }
@@ -131,7 +141,8 @@ fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
     let poly = t
         * (0.254_829_592
-            + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let y = 1.0 - poly * (-x * x).exp();
     (if x >= 0.0 { y } else { -y }) as f32
 }

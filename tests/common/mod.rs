@@ -21,7 +21,12 @@ pub const EPOCH: u64 = 1_795_824_000;
 
 /// Converts the tiny fixture checkpoint with `quant` into this test binary's temp dir, once.
 pub fn converted(quant: Quant) -> PathBuf {
-    static CELLS: [OnceLock<PathBuf>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static CELLS: [OnceLock<PathBuf>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     let idx = match quant {
         Quant::F32 => 0,
         Quant::F16 => 1,
@@ -41,7 +46,8 @@ pub fn converted(quant: Quant) -> PathBuf {
                 name: Some("tiny-gpt2".into()),
                 created_epoch: Some(EPOCH),
             };
-            convert(&checkpoint_dir(), &out, &opts, &mut |_, _, _| {}).expect("conversion succeeds");
+            convert(&checkpoint_dir(), &out, &opts, &mut |_, _, _| {})
+                .expect("conversion succeeds");
             out
         })
         .clone()
@@ -50,7 +56,8 @@ pub fn converted(quant: Quant) -> PathBuf {
 pub fn reference() -> &'static Value {
     static REF: OnceLock<Value> = OnceLock::new();
     REF.get_or_init(|| {
-        let text = std::fs::read_to_string(fixtures().join("tiny-gpt2.json")).expect("reference json");
+        let text =
+            std::fs::read_to_string(fixtures().join("tiny-gpt2.json")).expect("reference json");
         serde_json::from_str(&text).expect("valid json")
     })
 }

@@ -56,7 +56,9 @@ fn run(args: &Args) -> gpt2q::Result<()> {
         quant: Quant::parse(&args.quant)?,
         force: args.force,
         name: args.name.clone(),
-        created_epoch: std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()),
+        created_epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.parse().ok()),
     };
     let start = Instant::now();
     let quiet = args.quiet;
@@ -68,7 +70,9 @@ fn run(args: &Args) -> gpt2q::Result<()> {
     };
     convert(&args.checkpoint, &args.output, &opts, &mut progress)?;
     if !quiet {
-        let size = std::fs::metadata(&args.output).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(&args.output)
+            .map(|m| m.len())
+            .unwrap_or(0);
         eprintln!(
             "\r\x1b[2Kwrote {} ({:.1} MB, {}) in {:.1} s",
             args.output.display(),
