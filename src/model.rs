@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{Activation, DType, HParams, Layout, TensorEntry};
-use crate::kernels;
+use crate::kernels::{self, MatmulScratch};
 use crate::kv_cache::KvCache;
 use crate::mmap::{self, ModelFile};
 use crate::tensor::{Matrix, Weights};
@@ -217,38 +217,48 @@ impl<'a> Tensors<'_, 'a> {
     }
 }
 
-/// Per-token working memory, allocated once per session.
+/// Working memory for a batch of up to `batch` tokens, allocated once per session.
 struct Scratch {
-    /// Residual stream, `(n_embd)`.
+    /// Residual stream, `(batch, n_embd)`.
     x: Vec<f32>,
-    /// Layer-norm output, `(n_embd)`.
+    /// Layer-norm output, `(batch, n_embd)`.
     xn: Vec<f32>,
-    /// q, k, v, `(3*n_embd)`.
+    /// q, k, v, `(batch, 3*n_embd)`.
     qkv: Vec<f32>,
-    /// Attention output before projection, `(n_embd)`.
+    /// Attention output before projection, `(batch, n_embd)`.
     attn: Vec<f32>,
-    /// A projection's output, `(n_embd)`.
+    /// A projection's output, `(batch, n_embd)`.
     proj: Vec<f32>,
-    /// MLP hidden layer, `(n_inner)`.
+    /// MLP hidden layer, `(batch, n_inner)`.
     hidden: Vec<f32>,
     /// Attention weights over positions, `(capacity)`.
     scores: Vec<f32>,
-    /// Next-token logits, `(n_vocab)`.
+    /// Logits, `(n_vocab)`, or `(batch, n_vocab)` when every position's logits are kept.
     logits: Vec<f32>,
+    /// Quantised activations and output tiles for the matrix products.
+    matmul: MatmulScratch,
 }
 
 impl Scratch {
-    fn new(hp: &HParams, capacity: usize) -> Self {
-        let (e, i) = (hp.n_embd as usize, hp.n_inner as usize);
+    fn new(hp: &HParams, config: &SessionConfig) -> Self {
+        let (e, i, v, b) = (
+            hp.n_embd as usize,
+            hp.n_inner as usize,
+            hp.n_vocab as usize,
+            config.batch,
+        );
+        let logit_rows = if config.all_logits { b } else { 1 };
+        let widest_out = (3 * e).max(i).max(if config.all_logits { v } else { 0 });
         Scratch {
-            x: vec![0.0; e],
-            xn: vec![0.0; e],
-            qkv: vec![0.0; 3 * e],
-            attn: vec![0.0; e],
-            proj: vec![0.0; e],
-            hidden: vec![0.0; i],
-            scores: vec![0.0; capacity],
-            logits: vec![0.0; hp.n_vocab as usize],
+            x: vec![0.0; b * e],
+            xn: vec![0.0; b * e],
+            qkv: vec![0.0; b * 3 * e],
+            attn: vec![0.0; b * e],
+            proj: vec![0.0; b * e],
+            hidden: vec![0.0; b * i],
+            scores: vec![0.0; config.ctx],
+            logits: vec![0.0; logit_rows * v],
+            matmul: MatmulScratch::new(e.max(i), widest_out, b),
         }
     }
 
@@ -261,7 +271,29 @@ impl Scratch {
             + self.hidden.len()
             + self.scores.len()
             + self.logits.len();
-        floats * std::mem::size_of::<f32>()
+        floats * std::mem::size_of::<f32>() + self.matmul.byte_len()
+    }
+}
+
+/// How a session is sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Positions the KV cache holds (`1..=n_ctx`).
+    pub ctx: usize,
+    /// Tokens processed together by [`Session::prefill`] (each weight is read once per batch).
+    pub batch: usize,
+    /// Keep the logits of every position of a batch ([`Session::forward_batch`]), not just the last.
+    pub all_logits: bool,
+}
+
+impl SessionConfig {
+    /// Default sizing for `ctx` positions: batches of up to 64 tokens, last logits only.
+    pub fn new(ctx: usize) -> Self {
+        SessionConfig {
+            ctx,
+            batch: ctx.clamp(1, 64),
+            all_logits: false,
+        }
     }
 }
 
@@ -269,28 +301,64 @@ impl Scratch {
 /// Several sessions can share one [`Model`].
 pub struct Session<'m> {
     model: &'m Model<'m>,
+    config: SessionConfig,
     cache: KvCache,
     scratch: Scratch,
     pos: usize,
+    /// Tokens in the last batch whose logits are in `scratch.logits`.
+    logit_rows: usize,
 }
 
 impl<'m> Session<'m> {
-    /// A session with room for `ctx` positions (`1..=n_ctx`). All memory is allocated here.
+    /// A session with room for `ctx` positions (`1..=n_ctx`) and default batching.
     pub fn new(model: &'m Model<'m>, ctx: usize) -> Result<Self> {
+        Self::with_config(model, SessionConfig::new(ctx))
+    }
+
+    /// A session sized by `config`. All memory is allocated here.
+    pub fn with_config(model: &'m Model<'m>, config: SessionConfig) -> Result<Self> {
         let hp = &model.hparams;
-        if ctx == 0 || ctx > hp.n_ctx as usize {
+        if config.ctx == 0 || config.ctx > hp.n_ctx as usize {
             return Err(Error::invalid(format!(
-                "context size {ctx} is not in 1..={} (the model's maximum)",
-                hp.n_ctx
+                "context size {} is not in 1..={} (the model's maximum)",
+                config.ctx, hp.n_ctx
             )));
         }
-        let cache = KvCache::new(hp.n_layer as usize, hp.n_head as usize, hp.head_dim(), ctx)?;
+        if config.batch == 0 || config.batch > config.ctx {
+            return Err(Error::invalid(format!(
+                "batch size {} is not in 1..={}",
+                config.batch, config.ctx
+            )));
+        }
+        let cache = KvCache::new(
+            hp.n_layer as usize,
+            hp.n_head as usize,
+            hp.head_dim(),
+            config.ctx,
+        )?;
         Ok(Session {
             model,
+            config,
             cache,
-            scratch: Scratch::new(hp, ctx),
+            scratch: Scratch::new(hp, &config),
             pos: 0,
+            logit_rows: 0,
         })
+    }
+
+    /// A session for scoring text: room for `window` positions, every position's logits kept, in
+    /// batches of up to 64 tokens.
+    pub fn for_scoring(model: &'m Model<'m>, window: usize) -> Result<Self> {
+        let config = SessionConfig {
+            all_logits: true,
+            ..SessionConfig::new(window)
+        };
+        Self::with_config(model, config)
+    }
+
+    /// Tokens processed together.
+    pub fn batch(&self) -> usize {
+        self.config.batch
     }
 
     /// The model this session runs.
@@ -316,143 +384,223 @@ impl<'m> Session<'m> {
     /// Forgets every position: the next token is at position 0.
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.logit_rows = 0;
     }
 
-    /// Runs `tokens` through the model and returns the logits after the last one.
+    /// Runs `tokens` through the model in batches and returns the logits after the last one.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        let Some((&last, head)) = tokens.split_last() else {
+        if tokens.is_empty() {
             return Err(Error::invalid("cannot run an empty prompt"));
-        };
-        self.check_room(tokens.len())?;
-        for &t in head {
-            self.step(t, false)?;
         }
-        self.step(last, true)?;
-        Ok(&self.scratch.logits)
+        self.check_tokens(tokens)?;
+        for chunk in tokens.chunks(self.config.batch) {
+            self.run_batch(chunk, false);
+        }
+        Ok(self.last_logits())
     }
 
     /// Runs one token at the next position and returns the logits for the token after it.
     pub fn forward(&mut self, token: u32) -> Result<&[f32]> {
-        self.check_room(1)?;
-        self.step(token, true)?;
-        Ok(&self.scratch.logits)
+        self.check_tokens(&[token])?;
+        self.run_batch(&[token], false);
+        Ok(self.last_logits())
     }
 
-    /// The logits computed by the last [`Session::prefill`] or [`Session::forward`], mutable so a
-    /// sampler can apply penalties in place.
-    pub fn logits_mut(&mut self) -> &mut [f32] {
-        &mut self.scratch.logits
-    }
-
-    fn check_room(&self, n: usize) -> Result<()> {
-        if self.pos + n > self.capacity() {
+    /// Runs up to `batch` tokens and returns every position's logits, `(tokens.len(), n_vocab)`
+    /// row-major. Needs a session made with `all_logits`.
+    pub fn forward_batch(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        if !self.config.all_logits || tokens.is_empty() || tokens.len() > self.config.batch {
             return Err(Error::invalid(format!(
-                "context is full: {} positions used, {n} more requested, room for {}",
+                "forward_batch needs 1..={} tokens and a session with all_logits",
+                self.config.batch
+            )));
+        }
+        self.check_tokens(tokens)?;
+        self.run_batch(tokens, true);
+        let v = self.model.hparams.n_vocab as usize;
+        Ok(&self.scratch.logits[..tokens.len() * v])
+    }
+
+    /// The logits computed by the last call, for the last token, mutable so a sampler can apply
+    /// penalties in place.
+    pub fn logits_mut(&mut self) -> &mut [f32] {
+        let v = self.model.hparams.n_vocab as usize;
+        let start = self.logit_rows.saturating_sub(1) * v;
+        &mut self.scratch.logits[start..start + v]
+    }
+
+    fn last_logits(&self) -> &[f32] {
+        let v = self.model.hparams.n_vocab as usize;
+        let start = self.logit_rows.saturating_sub(1) * v;
+        &self.scratch.logits[start..start + v]
+    }
+
+    /// Token ids in range and room in the cache, checked before any work.
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= self.model.hparams.n_vocab) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.model.hparams.n_vocab
+            )));
+        }
+        if self.pos + tokens.len() > self.capacity() {
+            return Err(Error::invalid(format!(
+                "context is full: {} positions used, {} more requested, room for {}",
                 self.pos,
+                tokens.len(),
                 self.capacity()
             )));
         }
         Ok(())
     }
 
-    /// The forward pass for one token at `self.pos`; logits only when `want_logits`.
-    fn step(&mut self, token: u32, want_logits: bool) -> Result<()> {
+    /// The forward pass for `tokens` (checked, at most `batch`) at positions `pos..`; logits of
+    /// every token when `all` is set, else of the last.
+    fn run_batch(&mut self, tokens: &[u32], all: bool) {
         let model = self.model;
-        let token = t_checked(token, model)?;
-        let pos = self.pos;
+        let hp = &model.hparams;
+        let (e, n) = (hp.n_embd as usize, tokens.len());
         let s = &mut self.scratch;
-        kernels::dequantize_row(&model.wte, token as usize, &mut s.x);
-        kernels::dequantize_row(&model.wpe, pos, &mut s.xn);
-        kernels::add_assign(&mut s.x, &s.xn);
+        for (t, &token) in tokens.iter().enumerate() {
+            let x = &mut s.x[t * e..(t + 1) * e];
+            kernels::dequantize_row(&model.wte, token as usize, x);
+            let p = &mut s.xn[t * e..(t + 1) * e];
+            kernels::dequantize_row(&model.wpe, self.pos + t, p);
+            kernels::add_assign(x, p);
+        }
         for (l, block) in model.blocks.iter().enumerate() {
-            attention(block, l, pos, &model.hparams, &mut self.cache, s);
-            mlp(block, &model.hparams, s);
+            attention(block, l, self.pos, n, hp, &mut self.cache, s);
+            mlp(block, n, hp, s);
         }
-        self.pos += 1;
-        if want_logits {
-            let hp = &model.hparams;
-            kernels::layer_norm(
-                &s.x,
-                model.ln_f.weight,
-                model.ln_f.bias,
-                hp.layer_norm_eps,
-                &mut s.xn,
+        self.pos += n;
+        let first = if all { 0 } else { n - 1 };
+        let rows = n - first;
+        for t in first..n {
+            let (x, xn) = (
+                &s.x[t * e..(t + 1) * e],
+                &mut s.xn[(t - first) * e..(t - first + 1) * e],
             );
-            kernels::matvec(&model.lm_head, &s.xn, &mut s.logits);
+            kernels::layer_norm(x, model.ln_f.weight, model.ln_f.bias, hp.layer_norm_eps, xn);
         }
-        Ok(())
+        let v = hp.n_vocab as usize;
+        let logits = &mut s.logits[..rows * v];
+        kernels::matmul(
+            &model.lm_head,
+            &s.xn[..rows * e],
+            rows,
+            logits,
+            &mut s.matmul,
+        );
+        self.logit_rows = rows;
     }
 }
 
-fn t_checked(token: u32, model: &Model<'_>) -> Result<u32> {
-    if token >= model.hparams.n_vocab {
-        return Err(Error::invalid(format!(
-            "token id {token} is outside the vocabulary of {}",
-            model.hparams.n_vocab
-        )));
-    }
-    Ok(token)
-}
-
-/// `x += proj(attention(ln_1(x)))` for the token at `pos`, storing its keys and values.
+/// `x += proj(attention(ln_1(x)))` for `n` tokens starting at position `pos`, storing their keys
+/// and values in the cache first so each token attends to itself and everything before it.
 fn attention(
     b: &Block<'_>,
     layer: usize,
     pos: usize,
+    n: usize,
     hp: &HParams,
     cache: &mut KvCache,
     s: &mut Scratch,
 ) {
     let e = hp.n_embd as usize;
-    let hd = hp.head_dim();
-    kernels::layer_norm(
-        &s.x,
-        b.ln_1.weight,
-        b.ln_1.bias,
-        hp.layer_norm_eps,
-        &mut s.xn,
+    layer_norms(&s.x[..n * e], b.ln_1, hp.layer_norm_eps, &mut s.xn[..n * e]);
+    kernels::linear_batch(
+        &b.attn_qkv.weight,
+        b.attn_qkv.bias,
+        &s.xn[..n * e],
+        n,
+        &mut s.qkv[..n * 3 * e],
+        &mut s.matmul,
     );
-    kernels::linear(&b.attn_qkv.weight, b.attn_qkv.bias, &s.xn, &mut s.qkv);
-    let (q, kv) = s.qkv.split_at(e);
-    let (k, v) = kv.split_at(e);
-    cache.store(layer, pos, k, v);
+    for t in 0..n {
+        let qkv = &s.qkv[t * 3 * e..(t + 1) * 3 * e];
+        cache.store(layer, pos + t, &qkv[e..2 * e], &qkv[2 * e..]);
+    }
+    for t in 0..n {
+        let q = &s.qkv[t * 3 * e..t * 3 * e + e];
+        let out = &mut s.attn[t * e..(t + 1) * e];
+        attend(q, layer, pos + t + 1, hp, cache, &mut s.scores, out);
+    }
+    kernels::linear_batch(
+        &b.attn_proj.weight,
+        b.attn_proj.bias,
+        &s.attn[..n * e],
+        n,
+        &mut s.proj[..n * e],
+        &mut s.matmul,
+    );
+    kernels::add_assign(&mut s.x[..n * e], &s.proj[..n * e]);
+}
+
+/// Causal multi-head attention of one query over the first `len` cached positions.
+fn attend(
+    q: &[f32],
+    layer: usize,
+    len: usize,
+    hp: &HParams,
+    cache: &KvCache,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = hp.head_dim();
     let scale = 1.0 / (hd as f32).sqrt();
-    let n = pos + 1;
     for h in 0..hp.n_head as usize {
         let qh = &q[h * hd..(h + 1) * hd];
-        let keys = cache.keys(layer, h, n);
-        let scores = &mut s.scores[..n];
-        for (score, key) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+        let scores = &mut scores[..len];
+        for (score, key) in scores
+            .iter_mut()
+            .zip(cache.keys(layer, h, len).chunks_exact(hd))
+        {
             *score = kernels::dot_f32(qh, key) * scale;
         }
         kernels::softmax(scores);
-        let out = &mut s.attn[h * hd..(h + 1) * hd];
+        let out = &mut out[h * hd..(h + 1) * hd];
         out.fill(0.0);
         for (&p, value) in scores
             .iter()
-            .zip(cache.values(layer, h, n).chunks_exact(hd))
+            .zip(cache.values(layer, h, len).chunks_exact(hd))
         {
             kernels::axpy(out, p, value);
         }
     }
-    kernels::linear(&b.attn_proj.weight, b.attn_proj.bias, &s.attn, &mut s.proj);
-    kernels::add_assign(&mut s.x, &s.proj);
 }
 
-/// `x += mlp(ln_2(x))`.
-fn mlp(b: &Block<'_>, hp: &HParams, s: &mut Scratch) {
-    kernels::layer_norm(
-        &s.x,
-        b.ln_2.weight,
-        b.ln_2.bias,
-        hp.layer_norm_eps,
-        &mut s.xn,
-    );
-    kernels::linear(&b.mlp_fc.weight, b.mlp_fc.bias, &s.xn, &mut s.hidden);
-    match hp.activation {
-        Activation::GeluTanh => kernels::gelu_tanh(&mut s.hidden),
-        Activation::GeluErf => kernels::gelu_erf(&mut s.hidden),
+/// Layer norm of each `n_embd`-wide row of `x` into `out`.
+fn layer_norms(x: &[f32], norm: Norm<'_>, eps: f32, out: &mut [f32]) {
+    let e = norm.weight.len();
+    for (xs, os) in x.chunks_exact(e).zip(out.chunks_exact_mut(e)) {
+        kernels::layer_norm(xs, norm.weight, norm.bias, eps, os);
     }
-    kernels::linear(&b.mlp_proj.weight, b.mlp_proj.bias, &s.hidden, &mut s.proj);
-    kernels::add_assign(&mut s.x, &s.proj);
+}
+
+/// `x += mlp(ln_2(x))` for `n` tokens.
+fn mlp(b: &Block<'_>, n: usize, hp: &HParams, s: &mut Scratch) {
+    let (e, i) = (hp.n_embd as usize, hp.n_inner as usize);
+    layer_norms(&s.x[..n * e], b.ln_2, hp.layer_norm_eps, &mut s.xn[..n * e]);
+    let hidden = &mut s.hidden[..n * i];
+    kernels::linear_batch(
+        &b.mlp_fc.weight,
+        b.mlp_fc.bias,
+        &s.xn[..n * e],
+        n,
+        hidden,
+        &mut s.matmul,
+    );
+    match hp.activation {
+        Activation::GeluTanh => kernels::gelu_tanh(hidden),
+        Activation::GeluErf => kernels::gelu_erf(hidden),
+    }
+    kernels::linear_batch(
+        &b.mlp_proj.weight,
+        b.mlp_proj.bias,
+        hidden,
+        n,
+        &mut s.proj[..n * e],
+        &mut s.matmul,
+    );
+    kernels::add_assign(&mut s.x[..n * e], &s.proj[..n * e]);
 }

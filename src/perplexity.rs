@@ -40,8 +40,9 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     max + sum.ln() - logits[target as usize] as f64
 }
 
-/// Scores `ids` in windows of `window` tokens advancing by `stride`. `on_logits(logits, target)`
-/// sees every scored position (for comparisons between models).
+/// Scores `ids` in windows of `window` tokens advancing by `stride`, running each window in
+/// batches of `batch` tokens. `on_logits(logits, target)` sees every scored position (for
+/// comparisons between models). The session must keep all logits ([`Session::for_scoring`]).
 pub fn perplexity(
     session: &mut Session<'_>,
     ids: &[u32],
@@ -66,6 +67,8 @@ pub fn perplexity(
             ids.len()
         )));
     }
+    let batch = session.batch();
+    let n_vocab = session.model().hparams.n_vocab as usize;
     let mut report = PerplexityReport {
         scored_tokens: 0,
         sum_nll: 0.0,
@@ -82,11 +85,15 @@ pub fn perplexity(
         let w = &ids[start..start + window];
         session.reset();
         let mut sum = 0.0;
-        for t in 0..window - 1 {
-            let logits = session.forward(w[t])?;
-            if t >= first_scored {
-                sum += nll(logits, w[t + 1]);
-                on_logits(logits, w[t + 1]);
+        let inputs = &w[..window - 1];
+        for (c, chunk) in inputs.chunks(batch).enumerate() {
+            let logits = session.forward_batch(chunk)?;
+            for (k, row) in logits.chunks_exact(n_vocab).enumerate() {
+                let t = c * batch + k;
+                if t >= first_scored {
+                    sum += nll(row, w[t + 1]);
+                    on_logits(row, w[t + 1]);
+                }
             }
         }
         let scored = window - 1 - first_scored;

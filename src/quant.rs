@@ -46,6 +46,19 @@ pub struct BlockQ4 {
 const _: () = assert!(std::mem::size_of::<BlockQ4>() == 18);
 const _: () = assert!(std::mem::align_of::<BlockQ4>() == 2);
 
+/// Activations quantised on the fly for integer dot products with q8/q4 weights: 32 int8 with
+/// an f32 scale, `x ≈ d · q`. Never stored in a file, so the scale stays f32 (no f16 conversion
+/// in the kernels, no extra rounding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockQ8Act {
+    /// Scale: max|x| / 127 over the block.
+    pub d: f32,
+    /// Quantised values, `-127..=127`.
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8Act>() == 36);
+
 impl BlockQ8 {
     /// Quantises 32 values: scale = max|x| / 127, values rounded to nearest.
     pub fn quantize(x: &[f32; QK]) -> Self {

@@ -163,7 +163,7 @@ fn perplexity_vs_reference(quant: Quant) -> (f64, f64) {
     let text = std::fs::read_to_string(common::fixtures().join("heldout.txt")).unwrap();
     let ids = model.tokenizer.encode(&text);
     assert_eq!(ids[..16], common::ids(&ppl["first_ids"])[..]);
-    let mut session = Session::new(&model, window).unwrap();
+    let mut session = Session::for_scoring(&model, window).unwrap();
     let report = perplexity(
         &mut session,
         &ids[..window * windows],

@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<()> {
         )));
     }
     let stride = args.stride.unwrap_or(window);
-    let mut session = Session::new(&model, window.max(1))?;
+    let mut session = Session::for_scoring(&model, window.max(1))?;
     let start = std::time::Instant::now();
     let report = perplexity(&mut session, &ids, window, stride, |_, _| {})?;
     println!(

@@ -1,40 +1,84 @@
 //! Portable scalar kernels: the reference every SIMD kernel is tested against, and the fallback
 //! on CPUs without one. Written for clarity; the compiler may still auto-vectorise them.
 
-use crate::quant::{BlockQ4, BlockQ8, QK};
+use half::f16;
+
+use super::{KernelPath, Ops};
+use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 use crate::tensor::{Matrix, Weights};
 
-/// `y[r] = dot(W[r], x)` for every row of `w`.
-pub fn matvec(w: &Matrix<'_>, x: &[f32], y: &mut [f32]) {
-    for (r, out) in y.iter_mut().enumerate() {
-        *out = dot_row(w, r, x);
+/// The scalar table.
+pub fn ops() -> Ops {
+    Ops {
+        path: KernelPath::Scalar,
+        quantize_act,
+        dot_q8,
+        dot_q4,
+        dot_f16,
+        dot_f32,
     }
 }
 
-/// Dot product of row `r` of `w` with `x` (`x.len() == w.cols`).
-pub fn dot_row(w: &Matrix<'_>, r: usize, x: &[f32]) -> f32 {
-    let cols = w.cols;
-    match w.weights {
-        Weights::F32(data) => dot_f32(&data[r * cols..(r + 1) * cols], x),
-        Weights::F16(data) => data[r * cols..(r + 1) * cols]
-            .iter()
-            .zip(x)
-            .map(|(a, b)| a.to_f32() * b)
-            .sum(),
-        Weights::Q8(blocks) => {
-            let nb = cols / QK;
-            dot_q8_f32(&blocks[r * nb..(r + 1) * nb], x)
-        }
-        Weights::Q4(blocks) => {
-            let nb = cols / QK;
-            dot_q4_f32(&blocks[r * nb..(r + 1) * nb], x)
+/// Quantises activations per block of 32: `d = max|x| / 127`, `q = round_ties_even(x / d)`.
+pub fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
+    assert_eq!(x.len(), out.len() * QK, "quantize_act: lengths");
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        b.d = d;
+        for (q, v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round_ties_even() as i8;
         }
     }
+}
+
+/// Integer dot product of q8 weights with quantised activations, one float multiply per block.
+pub fn dot_q8(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_q8: lengths");
+    w.iter()
+        .zip(x)
+        .map(|(bw, bx)| {
+            let s: i32 = bw
+                .qs
+                .iter()
+                .zip(&bx.qs)
+                .map(|(&a, &b)| a as i32 * b as i32)
+                .sum();
+            bw.d.to_f32() * bx.d * s as f32
+        })
+        .sum()
+}
+
+/// Integer sum `Σ (q_w − 8) · q_x` of one q4 block against one activation block.
+pub fn block_dot_q4(bw: &BlockQ4, bx: &BlockQ8Act) -> i32 {
+    let mut s = 0i32;
+    for j in 0..QK / 2 {
+        s += ((bw.qs[j] & 0x0F) as i32 - 8) * bx.qs[j] as i32;
+        s += ((bw.qs[j] >> 4) as i32 - 8) * bx.qs[j + QK / 2] as i32;
+    }
+    s
+}
+
+/// Integer dot product of q4 weights with quantised activations, one float multiply per block.
+pub fn dot_q4(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_q4: lengths");
+    w.iter()
+        .zip(x)
+        .map(|(bw, bx)| bw.d.to_f32() * bx.d * block_dot_q4(bw, bx) as f32)
+        .sum()
+}
+
+/// Dot product of f16 weights with f32 inputs.
+pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_f16: lengths");
+    w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
 }
 
 /// Dot product of two float slices of equal length, with eight partial sums so the compiler can
 /// vectorise it.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32: lengths");
     let mut acc = [0f32; 8];
     let chunks = a.len() / 8 * 8;
     for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
@@ -48,33 +92,6 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     acc.iter().sum::<f32>() + tail
-}
-
-fn dot_q8_f32(blocks: &[BlockQ8], x: &[f32]) -> f32 {
-    blocks
-        .iter()
-        .zip(x.chunks_exact(QK))
-        .map(|(b, xs)| {
-            let s: f32 = b.qs.iter().zip(xs).map(|(&q, &v)| q as f32 * v).sum();
-            b.d.to_f32() * s
-        })
-        .sum()
-}
-
-fn dot_q4_f32(blocks: &[BlockQ4], x: &[f32]) -> f32 {
-    blocks
-        .iter()
-        .zip(x.chunks_exact(QK))
-        .map(|(b, xs)| {
-            let (lo, hi) = xs.split_at(QK / 2);
-            let mut s = 0f32;
-            for j in 0..QK / 2 {
-                s += ((b.qs[j] & 0x0F) as f32 - 8.0) * lo[j];
-                s += ((b.qs[j] >> 4) as f32 - 8.0) * hi[j];
-            }
-            b.d.to_f32() * s
-        })
-        .sum()
 }
 
 /// Writes row `r` of `w` as floats into `out` (`out.len() == w.cols`).
