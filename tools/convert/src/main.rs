@@ -1,6 +1,6 @@
 //! `gpt2q-convert`: packs a Hugging Face GPT-2 checkpoint into one `.g2q` file.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -46,8 +46,9 @@ fn main() -> ExitCode {
 fn exit_code(e: &gpt2q::Error) -> u8 {
     match e {
         gpt2q::Error::InvalidInput(_) => 2,
-        gpt2q::Error::Format(_) | gpt2q::Error::Numeric(_) => 3,
+        gpt2q::Error::Format(_) => 3,
         gpt2q::Error::Io { .. } => 4,
+        gpt2q::Error::Numeric(_) => 5,
     }
 }
 
@@ -61,20 +62,21 @@ fn run(args: &Args) -> gpt2q::Result<()> {
             .and_then(|s| s.parse().ok()),
     };
     let start = Instant::now();
-    let quiet = args.quiet;
+    let live = !args.quiet && std::io::stderr().is_terminal();
     let mut progress = |i: usize, n: usize, name: &str| {
-        if !quiet {
+        if live {
             eprint!("\r\x1b[2K[{:>3}/{n}] {name}", i + 1);
             let _ = std::io::stderr().flush();
         }
     };
     convert(&args.checkpoint, &args.output, &opts, &mut progress)?;
-    if !quiet {
+    if !args.quiet {
         let size = std::fs::metadata(&args.output)
             .map(|m| m.len())
             .unwrap_or(0);
+        let clear = if live { "\r\x1b[2K" } else { "" };
         eprintln!(
-            "\r\x1b[2Kwrote {} ({:.1} MB, {}) in {:.1} s",
+            "{clear}wrote {} ({:.1} MB, {}) in {:.1} s",
             args.output.display(),
             size as f64 / 1e6,
             opts.quant.name(),
