@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(short = 'n', long, default_value_t = 128)]
     n_predict: usize,
     /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep only the K most likely tokens (0 = off).
     #[arg(long, default_value_t = 40)]

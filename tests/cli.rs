@@ -1,0 +1,236 @@
+//! The `gpt2q` command as a user runs it: output streams, exit codes and error messages.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{converted, ids, reference};
+use gpt2q_convert::convert::Quant;
+
+fn gpt2q(args: &[&str]) -> Output {
+    gpt2q_with_stdin(args, None)
+}
+
+fn gpt2q_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpt2q"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("GPT2Q_MODEL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        pipe.write_all(input).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_fails(o: &Output, code: i32, needle: &str) {
+    assert_eq!(o.status.code(), Some(code), "stderr: {}", stderr(o));
+    assert!(
+        stderr(o).contains(needle),
+        "expected {needle:?} in: {}",
+        stderr(o)
+    );
+    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
+}
+
+#[test]
+fn run_uses_the_default_model_and_keeps_stats_off_stdout() {
+    let o = gpt2q(&["run", "-p", "Once upon a time", "-n", "8", "--seed", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("Once upon a time"));
+    assert!(!stdout(&o).contains("tok/s"));
+    assert!(stderr(&o).contains("tok/s"));
+}
+
+#[test]
+fn greedy_run_prints_the_reference_continuation() {
+    let model = converted(Quant::F32);
+    let p = &reference()["prompts"][2];
+    let prompt = p["text"].as_str().unwrap();
+    let o = gpt2q(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        prompt,
+        "-n",
+        "32",
+        "--greedy",
+        "--ignore-eos",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = p["greedy"]["full_text"].as_str().unwrap();
+    assert_eq!(stdout(&o), format!("{expected}\n"));
+}
+
+#[test]
+fn same_seed_same_text() {
+    let run = |seed: &str| {
+        stdout(&gpt2q(&[
+            "run", "-p", "The sea", "-n", "24", "--seed", seed, "-q",
+        ]))
+    };
+    assert_eq!(run("42"), run("42"));
+    assert_ne!(run("42"), run("43"));
+}
+
+#[test]
+fn prompt_from_file_and_stdin() {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prompt.txt");
+    std::fs::write(&path, "It was a dark and stormy night").unwrap();
+    let a = gpt2q(&[
+        "run",
+        "-f",
+        path.to_str().unwrap(),
+        "-n",
+        "4",
+        "--greedy",
+        "-q",
+    ]);
+    let b = gpt2q_with_stdin(
+        &["run", "-f", "-", "-n", "4", "--greedy", "-q"],
+        Some(b"It was a dark and stormy night"),
+    );
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(stdout(&a), stdout(&b));
+    assert!(stdout(&a).starts_with("It was a dark and stormy night"));
+}
+
+#[test]
+fn invalid_utf8_prompt_names_the_offset() {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-prompt.txt");
+    std::fs::write(&path, b"abc\xffdef").unwrap();
+    assert_fails(
+        &gpt2q(&["run", "-f", path.to_str().unwrap()]),
+        2,
+        "offset 3",
+    );
+}
+
+#[test]
+fn empty_prompt_and_zero_tokens_are_fine() {
+    let o = gpt2q(&["run", "-p", "", "-n", "5", "--seed", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = gpt2q(&["run", "-p", "Hello", "-n", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Hello\n");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    assert_fails(&gpt2q(&["run", "-p", "x", "--top-p", "0"]), 2, "--top-p");
+    assert_fails(&gpt2q(&["run", "-p", "x", "--top-p", "1.5"]), 2, "--top-p");
+    assert_fails(
+        &gpt2q(&["run", "-p", "x", "--temperature", "-1"]),
+        2,
+        "--temperature",
+    );
+    assert_fails(
+        &gpt2q(&["run", "-p", "x", "--threads", "0"]),
+        2,
+        "--threads",
+    );
+    assert_fails(&gpt2q(&["run", "-p", "x", "--ctx", "100000"]), 2, "--ctx");
+    assert_fails(&gpt2q(&["run", "-p", "x", "-n", "-3"]), 2, "-3");
+    assert_fails(
+        &gpt2q(&["run", "-m", "/no/such/model.g2q", "-p", "x"]),
+        2,
+        "does not exist",
+    );
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_refused() {
+    let long = "word ".repeat(50);
+    assert_fails(
+        &gpt2q(&["run", "-p", &long, "--ctx", "16"]),
+        2,
+        "more than the context",
+    );
+}
+
+#[test]
+fn damaged_model_is_exit_code_3() {
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gpt2-q8.g2q"))
+            .unwrap();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("truncated.g2q");
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    assert_fails(
+        &gpt2q(&["run", "-m", path.to_str().unwrap(), "-p", "x"]),
+        3,
+        "truncated",
+    );
+    assert_fails(&gpt2q(&["verify", path.to_str().unwrap()]), 3, "truncated");
+}
+
+#[test]
+fn tokenize_prints_the_reference_ids() {
+    let p = &reference()["prompts"][5];
+    let o = gpt2q(&["tokenize", "--ids", p["text"].as_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected: Vec<String> = ids(&p["ids"]).iter().map(|i| i.to_string()).collect();
+    assert_eq!(stdout(&o).trim_end(), expected.join(" "));
+    let o = gpt2q(&["tokenize", "Hello world"]);
+    assert!(stdout(&o).contains("\" world\""), "{}", stdout(&o));
+}
+
+#[test]
+fn perplexity_prints_a_parsable_line() {
+    let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/heldout.txt");
+    let o = gpt2q(&[
+        "perplexity",
+        "-f",
+        heldout.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--max-tokens",
+        "640",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with("perplexity: "))
+        .unwrap()
+        .to_string();
+    let ppl: f64 = line["perplexity: ".len()..].parse().unwrap();
+    assert!(ppl > 50.0 && ppl < 1000.0, "{ppl}");
+    assert!(stdout(&o).contains("630 scored"), "{}", stdout(&o));
+}
+
+#[test]
+fn info_and_verify_describe_the_default_model() {
+    let o = gpt2q(&["info", "models/tiny-gpt2-q8.g2q", "--ctx", "256"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "4 layers, 256 wide, 4 heads",
+        "q8",
+        "KV cache",
+        "converter:",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    let o = gpt2q(&["verify", "models/tiny-gpt2-q8.g2q"]);
+    assert!(
+        o.status.success() && stdout(&o).contains("OK"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,0 +1,110 @@
+//! Loading damaged and foreign files gives a clear error, never a panic: truncation, wrong magic,
+//! wrong version, flipped bytes in the header, tokenizer and weights.
+
+use std::path::{Path, PathBuf};
+
+use gpt2q::format::{Layout, PREAMBLE_LEN};
+use gpt2q::mmap::ModelFile;
+use gpt2q::model::Model;
+use gpt2q::Error;
+
+fn default_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gpt2-q8.g2q")
+}
+
+fn bytes() -> Vec<u8> {
+    std::fs::read(default_model()).unwrap()
+}
+
+fn load(bytes: &[u8], verify: bool) -> Result<(), Error> {
+    let file = ModelFile::from_bytes(bytes);
+    Model::load(&file, verify).map(|_| ())
+}
+
+fn load_err(bytes: &[u8], verify: bool) -> String {
+    match load(bytes, verify) {
+        Ok(()) => panic!("damaged file loaded"),
+        Err(e @ Error::Format(_)) => e.to_string(),
+        Err(e) => panic!("expected a format error, got {e:?}"),
+    }
+}
+
+#[test]
+fn default_model_loads_and_verifies() {
+    let file = ModelFile::open(&default_model()).unwrap();
+    let model = Model::load(&file, true).unwrap();
+    assert_eq!(model.hparams.n_vocab, 50257);
+    assert_eq!(model.meta("quant"), Some("q8"));
+}
+
+#[test]
+fn truncated_file_is_an_error_naming_the_size() {
+    let b = bytes();
+    for cut in [0, 7, 63, 64, 1000, b.len() / 2, b.len() - 1] {
+        let err = load_err(&b[..cut], false);
+        assert!(
+            err.contains("bytes") || err.contains("short"),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn wrong_magic_says_it_is_not_a_model() {
+    let mut b = bytes();
+    b[..4].copy_from_slice(b"GGUF");
+    assert!(load_err(&b, false).contains("not a gpt2q model file"));
+}
+
+#[test]
+fn other_version_is_named() {
+    let mut b = bytes();
+    b[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let err = load_err(&b, false);
+    assert!(
+        err.contains("version 7") && err.contains("version 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn flipped_header_and_tokenizer_bytes_fail_their_checksums() {
+    let b = bytes();
+    let layout = Layout::parse(&b).unwrap();
+    let tok_start = layout.tokenizer.as_ptr() as usize - b.as_ptr() as usize;
+    for pos in [
+        PREAMBLE_LEN + 3,
+        PREAMBLE_LEN + 100,
+        tok_start + 5,
+        tok_start + layout.tokenizer.len() / 2,
+    ] {
+        let mut d = b.clone();
+        d[pos] ^= 0x20;
+        let err = load_err(&d, false);
+        assert!(err.contains("damaged"), "flip at {pos}: {err}");
+    }
+}
+
+#[test]
+fn flipped_weight_byte_is_found_by_verify_and_named() {
+    let b = bytes();
+    let layout = Layout::parse(&b).unwrap();
+    let t = layout.entry("h.1.mlp.c_fc.weight").unwrap();
+    let mut d = b.clone();
+    d[(t.offset + t.len / 2) as usize] ^= 0x01;
+    load(&d, false).expect("without verification a flipped weight byte still loads");
+    let err = load_err(&d, true);
+    assert!(
+        err.contains("h.1.mlp.c_fc.weight") && err.contains("damaged"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_an_io_error() {
+    match ModelFile::open(Path::new("/nonexistent/model.g2q")) {
+        Err(Error::Io { path, .. }) => assert!(path.ends_with("model.g2q")),
+        Err(e) => panic!("unexpected {e:?}"),
+        Ok(_) => panic!("opened a missing file"),
+    }
+}
