@@ -40,16 +40,98 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
     max + sum.ln() - logits[target as usize] as f64
 }
 
+/// How a quantised model's next-token distributions differ from a base model's over the same
+/// scored positions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// The base model's own perplexity report.
+    pub base: PerplexityReport,
+    /// KL(base ‖ model) in nats at every scored position.
+    pub kl: Vec<f64>,
+    /// Positions where both models' most likely token is the same.
+    pub top1_agree: usize,
+}
+
+impl Comparison {
+    /// Mean KL divergence.
+    pub fn kl_mean(&self) -> f64 {
+        self.kl.iter().sum::<f64>() / self.kl.len().max(1) as f64
+    }
+
+    /// The `p`-th percentile (0..=100) of the KL divergences (nearest rank).
+    pub fn kl_percentile(&self, p: f64) -> f64 {
+        let mut sorted = self.kl.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted.get(rank.saturating_sub(1)).copied().unwrap_or(0.0)
+    }
+
+    /// Share of positions with the same argmax.
+    pub fn top1_agreement(&self) -> f64 {
+        self.top1_agree as f64 / self.kl.len().max(1) as f64
+    }
+}
+
+/// KL(p ‖ q) of the softmax distributions of two logit rows, in f64.
+pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let log_z = |l: &[f32]| {
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        max + l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+    };
+    let (zp, zq) = (log_z(p_logits), log_z(q_logits));
+    p_logits
+        .iter()
+        .zip(q_logits)
+        .map(|(&a, &b)| {
+            let lp = a as f64 - zp;
+            lp.exp() * (lp - (b as f64 - zq))
+        })
+        .sum()
+}
+
+fn argmax(l: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in l.iter().enumerate() {
+        if *v > l[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Scores `ids` in windows of `window` tokens advancing by `stride`, running each window in
-/// batches of `batch` tokens. `on_logits(logits, target)` sees every scored position (for
-/// comparisons between models). The session must keep all logits ([`Session::for_scoring`]).
+/// batches. The session must keep all logits ([`Session::for_scoring`]).
 pub fn perplexity(
     session: &mut Session<'_>,
     ids: &[u32],
     window: usize,
     stride: usize,
-    mut on_logits: impl FnMut(&[f32], u32),
 ) -> Result<PerplexityReport> {
+    Ok(score(session, None, ids, window, stride)?.0)
+}
+
+/// Scores `ids` with `session` and `base` over the same windows, and compares their next-token
+/// distributions at every scored position.
+pub fn compare(
+    session: &mut Session<'_>,
+    base: &mut Session<'_>,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+) -> Result<(PerplexityReport, Comparison)> {
+    if base.model().hparams.n_vocab != session.model().hparams.n_vocab
+        || base.batch() != session.batch()
+    {
+        return Err(Error::invalid(
+            "the two models must share a vocabulary and batch size",
+        ));
+    }
+    let (report, cmp) = score(session, Some(base), ids, window, stride)?;
+    let cmp = cmp.ok_or_else(|| Error::invalid("no comparison was made"))?;
+    Ok((report, cmp))
+}
+
+fn check_windows(session: &Session<'_>, ids: &[u32], window: usize, stride: usize) -> Result<()> {
     if window < 2 || window > session.capacity() {
         return Err(Error::invalid(format!(
             "window {window} must be in 2..={} (the context size)",
@@ -67,13 +149,39 @@ pub fn perplexity(
             ids.len()
         )));
     }
-    let batch = session.batch();
-    let n_vocab = session.model().hparams.n_vocab as usize;
-    let mut report = PerplexityReport {
+    Ok(())
+}
+
+fn empty_report() -> PerplexityReport {
+    PerplexityReport {
         scored_tokens: 0,
         sum_nll: 0.0,
         window_mean_nll: Vec::new(),
-    };
+    }
+}
+
+fn add_window(report: &mut PerplexityReport, sum: f64, scored: usize) {
+    report.scored_tokens += scored;
+    report.sum_nll += sum;
+    report.window_mean_nll.push(sum / scored as f64);
+}
+
+fn score(
+    session: &mut Session<'_>,
+    mut base: Option<&mut Session<'_>>,
+    ids: &[u32],
+    window: usize,
+    stride: usize,
+) -> Result<(PerplexityReport, Option<Comparison>)> {
+    check_windows(session, ids, window, stride)?;
+    let batch = session.batch();
+    let n_vocab = session.model().hparams.n_vocab as usize;
+    let mut report = empty_report();
+    let mut cmp = base.as_ref().map(|_| Comparison {
+        base: empty_report(),
+        kl: Vec::new(),
+        top1_agree: 0,
+    });
     let mut start = 0;
     while start + window <= ids.len() {
         // Positions before `first_scored` were scored by the previous, overlapping window.
@@ -84,23 +192,36 @@ pub fn perplexity(
         };
         let w = &ids[start..start + window];
         session.reset();
-        let mut sum = 0.0;
-        let inputs = &w[..window - 1];
-        for (c, chunk) in inputs.chunks(batch).enumerate() {
+        if let Some(b) = base.as_deref_mut() {
+            b.reset();
+        }
+        let (mut sum, mut base_sum) = (0.0, 0.0);
+        for (c, chunk) in w[..window - 1].chunks(batch).enumerate() {
             let logits = session.forward_batch(chunk)?;
+            let base_logits = match base.as_deref_mut() {
+                Some(b) => Some(b.forward_batch(chunk)?),
+                None => None,
+            };
             for (k, row) in logits.chunks_exact(n_vocab).enumerate() {
                 let t = c * batch + k;
-                if t >= first_scored {
-                    sum += nll(row, w[t + 1]);
-                    on_logits(row, w[t + 1]);
+                if t < first_scored {
+                    continue;
+                }
+                sum += nll(row, w[t + 1]);
+                if let (Some(bl), Some(cmp)) = (base_logits, cmp.as_mut()) {
+                    let brow = &bl[k * n_vocab..(k + 1) * n_vocab];
+                    base_sum += nll(brow, w[t + 1]);
+                    cmp.kl.push(kl_divergence(brow, row));
+                    cmp.top1_agree += usize::from(argmax(brow) == argmax(row));
                 }
             }
         }
         let scored = window - 1 - first_scored;
-        report.scored_tokens += scored;
-        report.sum_nll += sum;
-        report.window_mean_nll.push(sum / scored as f64);
+        add_window(&mut report, sum, scored);
+        if let Some(cmp) = cmp.as_mut() {
+            add_window(&mut cmp.base, base_sum, scored);
+        }
         start += stride;
     }
-    Ok(report)
+    Ok((report, cmp))
 }

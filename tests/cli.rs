@@ -234,3 +234,40 @@ fn info_and_verify_describe_the_default_model() {
         stderr(&o)
     );
 }
+
+#[test]
+fn perplexity_compare_reports_kl_and_top1_agreement() {
+    let base = converted(Quant::F32);
+    let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/heldout.txt");
+    let o = gpt2q(&[
+        "perplexity",
+        "-f",
+        heldout.to_str().unwrap(),
+        "--ctx",
+        "128",
+        "--max-tokens",
+        "1024",
+        "--compare",
+        base.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let value = |key: &str| -> f64 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("{key} in {out}"));
+        line[key.len() + 2..].parse().unwrap()
+    };
+    // The default model is q8: its distributions stay very close to f32.
+    assert!(value("kl_mean") < 1e-4, "{out}");
+    assert!(
+        value("kl_p99") >= value("kl_mean") && value("kl_max") >= value("kl_p99"),
+        "{out}"
+    );
+    assert!(value("top1_agreement") > 0.98, "{out}");
+    assert!(
+        (value("perplexity") / value("base_perplexity") - 1.0).abs() < 0.005,
+        "{out}"
+    );
+}

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
+use gpt2q::mmap::ModelFile;
 use gpt2q::model::{Model, Session};
-use gpt2q::perplexity::perplexity;
+use gpt2q::perplexity::{compare, perplexity, Comparison};
 use gpt2q::{Error, Result};
 
 use super::ModelArgs;
@@ -24,6 +25,10 @@ pub struct Args {
     /// Use only the first N tokens of the file.
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Also run this base model (e.g. the f32 or f16 conversion) over the same windows and report
+    /// KL divergence from it and top-1 agreement.
+    #[arg(long)]
+    compare: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -51,19 +56,38 @@ pub fn run(args: Args) -> Result<()> {
     let stride = args.stride.unwrap_or(window);
     let mut session = Session::for_scoring(&model, window.max(1))?;
     let start = std::time::Instant::now();
-    let report = perplexity(&mut session, &ids, window, stride, |_, _| {})?;
+    let report = match &args.compare {
+        None => perplexity(&mut session, &ids, window, stride)?,
+        Some(base_path) => {
+            let base_file = ModelFile::open(base_path)?;
+            let base_model = Model::load(&base_file, args.model.verify)?;
+            let mut base = Session::for_scoring(&base_model, window.max(1))?;
+            let (report, cmp) = compare(&mut session, &mut base, &ids, window, stride)?;
+            print_comparison(&cmp);
+            report
+        }
+    };
     println!(
-        "tokens: {} ({} scored in {} windows)",
+        "tokens: {} ({} scored in {} windows of {window}, stride {stride})",
         ids.len(),
         report.scored_tokens,
         report.window_mean_nll.len()
     );
     println!("mean_nll: {:.6}", report.mean_nll());
     println!("perplexity: {:.4}", report.perplexity());
+    let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "gpt2q: {:.1} s, {:.1} tok/s",
-        start.elapsed().as_secs_f64(),
-        report.scored_tokens as f64 / start.elapsed().as_secs_f64()
+        "gpt2q: {secs:.1} s, {:.1} scored tok/s",
+        report.scored_tokens as f64 / secs
     );
     Ok(())
+}
+
+fn print_comparison(cmp: &Comparison) {
+    println!("base_mean_nll: {:.6}", cmp.base.mean_nll());
+    println!("base_perplexity: {:.4}", cmp.base.perplexity());
+    println!("kl_mean: {:.6}", cmp.kl_mean());
+    println!("kl_p99: {:.6}", cmp.kl_percentile(99.0));
+    println!("kl_max: {:.6}", cmp.kl_percentile(100.0));
+    println!("top1_agreement: {:.4}", cmp.top1_agreement());
 }
