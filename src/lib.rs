@@ -6,6 +6,7 @@
 //! tokens → text ([`tokenizer`]). Block formats for quantised weights live in [`quant`].
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod error;
 pub mod format;
 pub mod generate;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod perplexity;
 pub mod quant;
 pub mod sampler;
+pub mod synthetic;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -271,3 +271,59 @@ fn perplexity_compare_reports_kl_and_top1_agreement() {
         "{out}"
     );
 }
+
+#[test]
+fn bench_json_parses_and_names_its_fields() {
+    let o = gpt2q(&[
+        "bench", "-p", "16", "-n", "8", "-r", "1", "-t", "1,2", "--format", "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    assert!(!v["machine"]["kernels"].as_str().unwrap().is_empty());
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (r, threads) in results.iter().zip([1, 2]) {
+        assert_eq!(r["threads"], threads);
+        for key in [
+            "prefill_tok_s",
+            "decode_tok_s",
+            "ms_per_token_p99",
+            "roofline_pct",
+            "membw_gb_s",
+        ] {
+            assert!(r[key].as_f64().unwrap() > 0.0, "{key} in {r}");
+        }
+        assert_eq!(r["gen_tokens"], 8);
+    }
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bench_synthetic_table_has_a_row_per_quant() {
+    let o = gpt2q(&[
+        "bench",
+        "--synthetic",
+        "124M",
+        "--quant",
+        "q8,q4",
+        "-p",
+        "4",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "-t",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("| synthetic 124M | q8 | 1 |") && out.contains("| synthetic 124M | q4 | 1 |"),
+        "{out}"
+    );
+    assert_fails(
+        &gpt2q(&["bench", "--synthetic", "7B"]),
+        2,
+        "unknown model size",
+    );
+}

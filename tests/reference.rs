@@ -164,14 +164,7 @@ fn perplexity_vs_reference(quant: Quant) -> (f64, f64) {
     let ids = model.tokenizer.encode(&text);
     assert_eq!(ids[..16], common::ids(&ppl["first_ids"])[..]);
     let mut session = Session::for_scoring(&model, window).unwrap();
-    let report = perplexity(
-        &mut session,
-        &ids[..window * windows],
-        window,
-        window,
-        |_, _| {},
-    )
-    .unwrap();
+    let report = perplexity(&mut session, &ids[..window * windows], window, window).unwrap();
     let ref_nll: Vec<f64> = ppl["window_mean_nll"]
         .as_array()
         .unwrap()

@@ -1,6 +1,7 @@
 //! Command-line interface: flag definitions and one module per subcommand. Everything that
 //! prints lives here; the library never prints or exits.
 
+mod bench;
 mod info;
 mod perplexity;
 mod run;
@@ -33,6 +34,8 @@ enum Command {
     Info(info::Args),
     /// Check every tensor's checksum.
     Verify(VerifyArgs),
+    /// Measure prefill and decode speed, memory bandwidth and the roofline.
+    Bench(bench::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -49,6 +52,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Info(a) => info::run(a),
         Command::Verify(a) => verify(&a.model),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -1,0 +1,374 @@
+//! `gpt2q bench`: tokens per second, the roofline and the machine, as a table, JSON or CSV.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gpt2q::bench::{self, Machine, Measurement};
+use gpt2q::format::DType;
+use gpt2q::kernels;
+use gpt2q::mmap::ModelFile;
+use gpt2q::model::Model;
+use gpt2q::synthetic::{self, Size};
+use gpt2q::{Error, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model file to benchmark (default: the default model unless --synthetic is given).
+    #[arg(short, long, conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Benchmark random weights in the real shapes of a GPT-2 size: 124M, 355M, 774M or 1.5B.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Weight formats for --synthetic, comma separated (q8, q4, f16, f32).
+    #[arg(long, default_value = "q8,q4", value_delimiter = ',')]
+    quant: Vec<String>,
+    /// Thread counts to sweep, comma separated (default: every core).
+    #[arg(short, long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Prompt tokens processed in one batch (pp).
+    #[arg(short = 'p', long, default_value_t = 128)]
+    n_prompt: usize,
+    /// Decode steps from an empty cache, each computing all logits (tg).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    n_gen: usize,
+    /// Counted repeats per configuration (after one warm-up).
+    #[arg(short, long, default_value_t = 3)]
+    repeat: usize,
+    /// Output format: table, json or csv.
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Only measure and print the memory bandwidth.
+    #[arg(long)]
+    membw: bool,
+}
+
+/// One row of the report.
+struct Row {
+    model: String,
+    quant: String,
+    load_ms: f64,
+    weight_bytes: usize,
+    membw_gbs: f64,
+    m: Measurement,
+}
+
+impl Row {
+    fn decode(&self) -> f64 {
+        bench::median(&self.m.decode_tok_s)
+    }
+
+    fn achieved_gbs(&self) -> f64 {
+        self.weight_bytes as f64 * self.decode() / 1e9
+    }
+
+    fn roofline_pct(&self) -> f64 {
+        100.0 * self.achieved_gbs() / self.membw_gbs.max(1e-9)
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if !matches!(args.format.as_str(), "table" | "json" | "csv") {
+        return Err(Error::invalid(format!(
+            "--format must be table, json or csv, got {:?}",
+            args.format
+        )));
+    }
+    let threads = thread_list(&args.threads)?;
+    let machine = Machine::probe();
+    let membw = bandwidths(&threads)?;
+    bench::reset_peak_rss();
+    if args.membw {
+        for (t, gbs) in &membw {
+            println!("memory bandwidth (streaming read, {t} threads): {gbs:.1} GB/s");
+        }
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for (label, path, temp) in model_files(&args)? {
+        let result = bench_file(&args, &label, &path, &threads, &membw, &mut rows);
+        if temp {
+            let _ = std::fs::remove_file(&path);
+        }
+        result?;
+    }
+    let after = Machine::probe();
+    match args.format.as_str() {
+        "json" => print_json(&machine, &after, &rows),
+        "csv" => print_csv(&rows),
+        _ => print_table(&machine, &after, &rows),
+    }
+    Ok(())
+}
+
+fn thread_list(requested: &[usize]) -> Result<Vec<usize>> {
+    if requested.contains(&0) {
+        return Err(Error::invalid("--threads values must be at least 1"));
+    }
+    if requested.is_empty() {
+        return Ok(vec![
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ]);
+    }
+    Ok(requested.to_vec())
+}
+
+fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::invalid(format!("cannot start {threads} threads: {e}")))
+}
+
+fn bandwidths(threads: &[usize]) -> Result<Vec<(usize, f64)>> {
+    let bytes = bench::bandwidth_buffer_bytes();
+    threads
+        .iter()
+        .map(|&t| Ok((t, pool(t)?.install(|| bench::memory_bandwidth(bytes)))))
+        .collect()
+}
+
+/// (label, path, is a temporary synthetic file) for every model to run.
+fn model_files(args: &Args) -> Result<Vec<(String, PathBuf, bool)>> {
+    let Some(size) = &args.synthetic else {
+        let path = args.model.clone().unwrap_or_else(super::default_model_path);
+        return Ok(vec![(path.display().to_string(), path, false)]);
+    };
+    let size = Size::parse(size)?;
+    args.quant
+        .iter()
+        .map(|q| {
+            let dtype = match q.as_str() {
+                "q8" => DType::Q8,
+                "q4" => DType::Q4,
+                "f16" => DType::F16,
+                "f32" => DType::F32,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "--quant {q:?}: expected q8, q4, f16 or f32"
+                    )))
+                }
+            };
+            let path = std::env::temp_dir().join(format!(
+                "gpt2q-bench-{}-{q}-{}.g2q",
+                size.name(),
+                std::process::id()
+            ));
+            progress(&format!("building synthetic {} {q} model…", size.name()));
+            synthetic::write(size, dtype, &path)?;
+            Ok((format!("synthetic {}", size.name()), path, true))
+        })
+        .collect()
+}
+
+fn progress(msg: &str) {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2Kbench: {msg}");
+    }
+}
+
+fn bench_file(
+    args: &Args,
+    label: &str,
+    path: &std::path::Path,
+    threads: &[usize],
+    membw: &[(usize, f64)],
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let start = Instant::now();
+    let file = ModelFile::open(path)?;
+    let model = Model::load(&file, false)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let quant = model.meta("quant").unwrap_or("?").to_string();
+    for (&t, &(_, gbs)) in threads.iter().zip(membw) {
+        let m = pool(t)?.install(|| {
+            bench::measure(&model, args.n_prompt, args.n_gen, args.repeat, |r| {
+                progress(&format!("{label} {quant} t={t} repeat {r}/{}", args.repeat))
+            })
+        })?;
+        rows.push(Row {
+            model: label.to_string(),
+            quant: quant.clone(),
+            load_ms,
+            weight_bytes: model.weight_bytes_per_token(),
+            membw_gbs: gbs,
+            m,
+        });
+    }
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K");
+    }
+    Ok(())
+}
+
+fn spread(v: &[f64]) -> f64 {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    if v.is_empty() {
+        0.0
+    } else {
+        (hi - lo) / 2.0
+    }
+}
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn machine_line(m: &Machine) -> String {
+    let mut s = format!(
+        "{} ({} cores), kernels: {}",
+        m.cpu,
+        m.cores,
+        kernels::path().name()
+    );
+    if let Some(b) = &m.board {
+        s += &format!(", board: {b}");
+    }
+    if let Some(t) = m.temperature_c {
+        s += &format!(", {t:.1} °C");
+    }
+    s
+}
+
+fn throttle_warning(before: &Machine, after: &Machine) -> Option<String> {
+    let now = after.throttled? & 0x4 != 0;
+    let new_since_boot =
+        (after.throttled? & 0x4_0000) != 0 && (before.throttled.unwrap_or(0) & 0x4_0000) == 0;
+    (now || new_since_boot).then(|| {
+        format!("WARNING: the board throttled during the run (get_throttled=0x{:x}); these numbers are not its real speed", after.throttled.unwrap_or(0))
+    })
+}
+
+fn print_table(before: &Machine, after: &Machine, rows: &[Row]) {
+    println!("machine: {}", machine_line(before));
+    if let (Some(a), Some(b)) = (before.temperature_c, after.temperature_c) {
+        println!("temperature: {a:.1} °C before, {b:.1} °C after");
+    }
+    if let Some(w) = throttle_warning(before, after) {
+        println!("{w}");
+    }
+    println!();
+    println!("| model | quant | threads | pp tok/s | tg tok/s | ms/tok p50 / p90 / p99 | TTFT ms | GB/s (roofline) | load ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.1} ± {:.1} | {:.1} ± {:.1} | {:.2} / {:.2} / {:.2} | {:.1} | {:.1} of {:.1} ({:.0}%) | {:.0} |",
+            r.model,
+            r.quant,
+            r.m.threads,
+            bench::median(&r.m.prefill_tok_s),
+            spread(&r.m.prefill_tok_s),
+            r.decode(),
+            spread(&r.m.decode_tok_s),
+            bench::percentile(&r.m.step_ms, 50.0),
+            bench::percentile(&r.m.step_ms, 90.0),
+            bench::percentile(&r.m.step_ms, 99.0),
+            bench::median(&r.m.ttft_ms),
+            r.achieved_gbs(),
+            r.membw_gbs,
+            r.roofline_pct(),
+            r.load_ms,
+        );
+    }
+    if let (Some(r), Some(rss)) = (rows.first(), bench::peak_rss_bytes()) {
+        println!();
+        println!(
+            "pp = {} prompt tokens in one batch; tg = {} decode steps from an empty cache (all logits); medians ± half-range over repeats",
+            r.m.prompt_tokens, r.m.gen_tokens
+        );
+        println!(
+            "weights streamed per token: {:.1} MiB; peak RSS: {:.1} MiB",
+            mib(r.weight_bytes),
+            mib(rss)
+        );
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("null".to_string(), |v| v.to_string())
+}
+
+fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
+    let results: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                concat!(
+                    "{{\"model\":{},\"quant\":{},\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},",
+                    "\"prefill_tok_s\":{:.3},\"prefill_tok_s_spread\":{:.3},\"decode_tok_s\":{:.3},\"decode_tok_s_spread\":{:.3},",
+                    "\"ms_per_token_p50\":{:.4},\"ms_per_token_p90\":{:.4},\"ms_per_token_p99\":{:.4},\"ttft_ms\":{:.3},",
+                    "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"roofline_pct\":{:.2}}}"
+                ),
+                json_str(&r.model),
+                json_str(&r.quant),
+                r.m.threads,
+                r.m.prompt_tokens,
+                r.m.gen_tokens,
+                bench::median(&r.m.prefill_tok_s),
+                spread(&r.m.prefill_tok_s),
+                r.decode(),
+                spread(&r.m.decode_tok_s),
+                bench::percentile(&r.m.step_ms, 50.0),
+                bench::percentile(&r.m.step_ms, 90.0),
+                bench::percentile(&r.m.step_ms, 99.0),
+                bench::median(&r.m.ttft_ms),
+                r.load_ms,
+                r.weight_bytes,
+                r.achieved_gbs(),
+                r.membw_gbs,
+                r.roofline_pct(),
+            )
+        })
+        .collect();
+    println!(
+        "{{\"machine\":{{\"cpu\":{},\"cores\":{},\"kernels\":{},\"board\":{},\"temperature_c_before\":{},\"temperature_c_after\":{},\"throttled_after\":{}}},\"peak_rss_bytes\":{},\"results\":[{}]}}",
+        json_str(&before.cpu),
+        before.cores,
+        json_str(kernels::path().name()),
+        before.board.as_deref().map_or("null".to_string(), json_str),
+        json_opt(before.temperature_c),
+        json_opt(after.temperature_c),
+        json_opt(after.throttled),
+        json_opt(bench::peak_rss_bytes()),
+        results.join(",")
+    );
+}
+
+fn print_csv(rows: &[Row]) {
+    println!("model,quant,threads,prompt_tokens,gen_tokens,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct");
+    for r in rows {
+        println!(
+            "{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2}",
+            r.model.replace(',', " "),
+            r.quant,
+            r.m.threads,
+            r.m.prompt_tokens,
+            r.m.gen_tokens,
+            bench::median(&r.m.prefill_tok_s),
+            r.decode(),
+            bench::percentile(&r.m.step_ms, 50.0),
+            bench::percentile(&r.m.step_ms, 90.0),
+            bench::percentile(&r.m.step_ms, 99.0),
+            bench::median(&r.m.ttft_ms),
+            r.achieved_gbs(),
+            r.membw_gbs,
+            r.roofline_pct(),
+        );
+    }
+}
