@@ -148,13 +148,24 @@ const ROWS_PER_TASK: usize = 16;
 
 /// `y[t] = W · x[t]` for `n` tokens: `x` is `(n, w.cols)` and `y` is `(n, w.rows)`, row-major.
 pub fn matmul(w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut MatmulScratch) {
+    matmul_with(ops(), w, x, n, y, scratch);
+}
+
+/// [`matmul`] with a given table of operations (benchmarks compare SIMD with scalar this way).
+pub fn matmul_with(
+    ops: &Ops,
+    w: &Matrix<'_>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
     assert_eq!(x.len(), n * w.cols, "matmul: input length");
     assert_eq!(y.len(), n * w.rows, "matmul: output length");
     assert!(
         w.cols <= scratch.max_cols && n <= scratch.max_tokens,
         "matmul: scratch too small"
     );
-    let ops = ops();
     let nb = w.cols / QK;
     let act = &mut scratch.act[..nb * n];
     if matches!(w.weights, Weights::Q8(_) | Weights::Q4(_)) {

@@ -1,0 +1,83 @@
+//! Criterion benchmarks of the matrix kernels at GPT-2 124M and 1.5B shapes: the dispatched
+//! (SIMD) table against the scalar twins, for decode (one token) and prefill (a batch of 32).
+//! Throughput is reported as bytes of weights streamed per second; GFLOP/s = 2·rows·cols·tokens
+//! per iteration divided by the time.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gpt2q::format::DType;
+use gpt2q::kernels::{self, MatmulScratch, Ops};
+use gpt2q::mmap::{self, ModelFile};
+use gpt2q::quant::encode_tensor;
+use gpt2q::tensor::{Matrix, Weights};
+
+fn random(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+/// A weight matrix in `dtype`, backed by an aligned buffer like a mapped file.
+fn weights(dtype: DType, rows: usize, cols: usize) -> ModelFile {
+    ModelFile::from_bytes(&encode_tensor(dtype, &random(rows * cols, 7), cols))
+}
+
+fn matrix(file: &ModelFile, dtype: DType, rows: usize, cols: usize) -> Matrix<'_> {
+    let b = file.bytes();
+    let w = match dtype {
+        DType::F32 => Weights::F32(mmap::as_f32(b).unwrap()),
+        DType::F16 => Weights::F16(mmap::as_f16(b).unwrap()),
+        DType::Q8 => Weights::Q8(mmap::as_q8(b).unwrap()),
+        DType::Q4 => Weights::Q4(mmap::as_q4(b).unwrap()),
+    };
+    Matrix::new(rows, cols, w).unwrap()
+}
+
+/// (name, rows, cols): the largest matrices of gpt2 and gpt2-xl.
+const SHAPES: [(&str, usize, usize); 4] = [
+    ("124M c_attn 2304x768", 2304, 768),
+    ("124M mlp_proj 768x3072", 768, 3072),
+    ("1.5B c_fc 6400x1600", 6400, 1600),
+    ("1.5B mlp_proj 1600x6400", 1600, 6400),
+];
+
+fn bench_matmul(c: &mut Criterion, tokens: usize) {
+    let tables: [(&str, Ops); 2] = [
+        (kernels::path().name(), *kernels::ops()),
+        ("scalar", kernels::scalar::ops()),
+    ];
+    for dtype in [DType::Q4, DType::Q8, DType::F16] {
+        let mut group = c.benchmark_group(format!("matmul {} x{tokens}", dtype.name()));
+        group.sample_size(10);
+        for (name, rows, cols) in SHAPES {
+            let file = weights(dtype, rows, cols);
+            let w = matrix(&file, dtype, rows, cols);
+            let x = random(tokens * cols, 3);
+            let mut y = vec![0f32; tokens * rows];
+            let mut scratch = MatmulScratch::new(cols, rows, tokens);
+            group.throughput(Throughput::Bytes(w.byte_len() as u64));
+            for (path, ops) in &tables {
+                group.bench_function(BenchmarkId::new(*path, name), |b| {
+                    b.iter(|| kernels::matmul_with(ops, &w, &x, tokens, &mut y, &mut scratch))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+fn decode(c: &mut Criterion) {
+    bench_matmul(c, 1);
+}
+
+fn prefill(c: &mut Criterion) {
+    bench_matmul(c, 32);
+}
+
+criterion_group!(benches, decode, prefill);
+criterion_main!(benches);

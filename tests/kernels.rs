@@ -1,0 +1,87 @@
+//! The dispatcher picks the kernel path this CPU supports (and the one CI expects when it
+//! emulates a given ARM core), and the chosen path agrees with the scalar twins on a whole matrix.
+
+use gpt2q::format::DType;
+use gpt2q::kernels::{self, KernelPath, MatmulScratch};
+use gpt2q::mmap::{self, ModelFile};
+use gpt2q::quant::encode_tensor;
+use gpt2q::tensor::{Matrix, Weights};
+
+#[test]
+fn dispatch_picks_the_expected_path() {
+    let path = kernels::path();
+    println!("kernel path: {}", path.name());
+    if std::env::var("GPT2Q_KERNELS").is_ok_and(|v| v == "scalar") {
+        assert_eq!(path, KernelPath::Scalar);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        assert!(
+            matches!(path, KernelPath::Avx2 | KernelPath::Avx512Vnni),
+            "{path:?}"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    match std::env::var("GPT2Q_EXPECT_CPU").as_deref() {
+        Ok("cortex-a72") => assert_eq!(path, KernelPath::Neon),
+        Ok("cortex-a76") => assert_eq!(path, KernelPath::NeonDotprod),
+        _ => assert!(matches!(path, KernelPath::Neon | KernelPath::NeonDotprod)),
+    }
+}
+
+fn random(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 0.2
+        })
+        .collect()
+}
+
+/// Relative bound between the dispatched and scalar matmul on the same inputs: the integer
+/// parts are exact, only the order of float additions differs.
+const MATMUL_TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn dispatched_matmul_agrees_with_scalar_at_gpt2_xl_shapes() {
+    for dtype in [DType::Q4, DType::Q8, DType::F16, DType::F32] {
+        for (rows, cols, tokens) in [(64, 1600, 1), (40, 6400, 3), (33, 96, 5), (3, 32, 1)] {
+            let file = ModelFile::from_bytes(&encode_tensor(dtype, &random(rows * cols, 11), cols));
+            let b = file.bytes();
+            let weights = match dtype {
+                DType::F32 => Weights::F32(mmap::as_f32(b).unwrap()),
+                DType::F16 => Weights::F16(mmap::as_f16(b).unwrap()),
+                DType::Q8 => Weights::Q8(mmap::as_q8(b).unwrap()),
+                DType::Q4 => Weights::Q4(mmap::as_q4(b).unwrap()),
+            };
+            let w = Matrix::new(rows, cols, weights).unwrap();
+            let x = random(tokens * cols, 5);
+            let mut scratch = MatmulScratch::new(cols, rows, tokens);
+            let (mut fast, mut slow) = (vec![0f32; tokens * rows], vec![0f32; tokens * rows]);
+            kernels::matmul(&w, &x, tokens, &mut fast, &mut scratch);
+            kernels::matmul_with(
+                &kernels::scalar::ops(),
+                &w,
+                &x,
+                tokens,
+                &mut slow,
+                &mut scratch,
+            );
+            let scale = slow.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                assert!(
+                    (a - b).abs() <= MATMUL_TOLERANCE * scale,
+                    "{} {rows}x{cols} t={tokens} [{i}]: {a} vs {b}",
+                    dtype.name()
+                );
+            }
+        }
+    }
+}
