@@ -1,8 +1,897 @@
-//! x86-64 AVX2 kernels (placeholder until written: returns the scalar table).
-use super::Ops;
+//! x86-64 AVX2 + FMA + F16C kernels: the [`Ops`] table the dispatcher picks on CPUs that have
+//! all three (Haswell / Zen and later).
+//!
+//! This module owns the SIMD twins of [`super::scalar`]'s `quantize_act`, `dot_q8`, `dot_q4`,
+//! `dot_f16` and `dot_f32`. Each table entry is a safe wrapper that checks lengths like its scalar
+//! twin and calls a `#[target_feature]` implementation.
+//!
+//! * `quantize_act` is bit-identical to the scalar one (same division, round-half-to-even,
+//!   saturation like `as i8`).
+//! * The integer dot products compute each block's `Σ q_w · q_x` exactly in int32 lanes
+//!   (`maddubs` into i16 pairs, which cannot saturate here, then `madd` into i32), then fold it
+//!   into a float accumulator with one FMA by `d_w · d_x`. Only the float summation order
+//!   differs from scalar. They take four blocks per iteration (the four f16 scales converted by
+//!   one instruction) into two accumulators; q4 handles two blocks per 256-bit vector.
+//! * The float dot products use four FMA accumulators over 32 elements, then 8 at a time, then
+//!   a scalar tail.
 
+use std::arch::x86_64::*;
+
+use half::f16;
+
+use super::{KernelPath, Ops};
+use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
+
+/// The AVX2 table.
+///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// The CPU must support AVX2, FMA and F16C: the table's safe function pointers call code
+/// compiled for those features.
 pub(super) unsafe fn ops() -> Ops {
-    super::scalar::ops()
+    Ops {
+        path: KernelPath::Avx2,
+        quantize_act,
+        dot_q8,
+        dot_q4,
+        dot_f16,
+        dot_f32,
+    }
+}
+
+fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
+    assert_eq!(x.len(), out.len() * QK, "quantize_act: lengths");
+    // SAFETY: this function is only reachable through the table `ops()` builds, whose contract
+    // is that the CPU supports AVX2, FMA and F16C.
+    unsafe { quantize_act_avx2(x, out) }
+}
+
+fn dot_q8(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_q8: lengths");
+    // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C).
+    unsafe { dot_q8_avx2(w, x) }
+}
+
+fn dot_q4(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_q4: lengths");
+    // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C).
+    unsafe { dot_q4_avx2(w, x) }
+}
+
+fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_f16: lengths");
+    // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C).
+    unsafe { dot_f16_avx2(w, x) }
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32: lengths");
+    // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C).
+    unsafe { dot_f32_avx2(a, b) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers: one intrinsic sequence each.
+
+/// Sum of the 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    // 4 lanes: v[i] + v[i + 4]; then 2, then 1.
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+    _mm_cvtss_f32(s1)
+}
+
+/// Maximum of the 8 lanes (exact; the lanes must not be NaN).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hmax_ps(v: __m256) -> f32 {
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let m1 = _mm_max_ss(m2, _mm_movehdup_ps(m2));
+    _mm_cvtss_f32(m1)
+}
+
+/// One f16 to f32 with F16C (exact). Only for the 0..=3 blocks after the four-block loops: LLVM
+/// may insert the 16 bits into an arbitrary register, a false dependency (see [`quad_scales`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// Products of signed bytes `a · b` summed in fours: lane `i` of the result (i32) holds
+/// `Σ_{k<4} a[4i+k] · b[4i+k]`. Exact when no byte of `a` is −128 (negating it would wrap);
+/// `b` may hold any byte, since `|b|` fits in u8 and each i16 pair is then at most
+/// 2 · 127 · 128 = 32512 < 32768, so `maddubs` never saturates.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_i8_lanes(a: __m256i, b: __m256i) -> __m256i {
+    // maddubs wants unsigned × signed: move b's sign onto a.
+    let abs_b = _mm256_sign_epi8(b, b);
+    let a_signed = _mm256_sign_epi8(a, b);
+    let pairs = _mm256_maddubs_epi16(abs_b, a_signed);
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+/// The 32 activation bytes of a block (lane `i` = element `i`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_act(b: &BlockQ8Act) -> __m256i {
+    // Reads exactly the 32 bytes of `b.qs`.
+    _mm256_loadu_si256(b.qs.as_ptr().cast())
+}
+
+/// A q8 block's exact integer dot with an activation block, in 8 i32 lanes (their sum is
+/// `Σ q_w · q_x`). Weights must be in `-127..=127`, as [`BlockQ8::quantize`] makes them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_block_lanes(w: &BlockQ8, x: &BlockQ8Act) -> __m256i {
+    // Reads exactly the 32 bytes of `w.qs`.
+    let qw = _mm256_loadu_si256(w.qs.as_ptr().cast());
+    dot_i8_lanes(qw, load_act(x))
+}
+
+/// A q4 block's 32 codes (0..=15) as bytes in element order: the low nibbles of its 16 bytes
+/// are elements 0..16 (lower 128 bits), the high nibbles elements 16..32 (upper 128 bits).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_codes(w: &BlockQ4) -> __m256i {
+    // Reads exactly the 16 bytes of `w.qs`.
+    let packed = _mm_loadu_si128(w.qs.as_ptr().cast());
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// A q4 block's exact integer dot `Σ (q_w − 8) · q_x` with an activation block, in 8 i32 lanes.
+/// The codes are unsigned, so `maddubs` takes them directly (pairs ≤ 2 · 15 · 128); the offset
+/// is subtracted as `8 · q_x` pairs in i16, which is exact.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_block_lanes(w: &BlockQ4, x: &BlockQ8Act) -> __m256i {
+    let qx = load_act(x);
+    let wx = _mm256_maddubs_epi16(q4_codes(w), qx);
+    let eight_x = _mm256_maddubs_epi16(_mm256_set1_epi8(8), qx);
+    _mm256_madd_epi16(_mm256_sub_epi16(wx, eight_x), _mm256_set1_epi16(1))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantisation.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_act_avx2(x: &[f32], out: &mut [BlockQ8Act]) {
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        quantize_block(xs.try_into().expect("chunk of QK"), b);
+    }
+}
+
+/// Quantises one block of 32 floats exactly as the scalar twin does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block(xs: &[f32; QK], b: &mut BlockQ8Act) {
+    // Reads exactly the 32 floats of `xs`.
+    let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xs.as_ptr().add(8 * k)));
+    let d = abs_max(&v) / 127.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    b.d = d;
+    let scale = _mm256_set1_ps(id);
+    let q: [__m256i; 4] =
+        std::array::from_fn(|k| _mm256_cvtps_epi32(saturate_i8(_mm256_mul_ps(v[k], scale))));
+    // Writes exactly the 32 bytes of `b.qs`.
+    _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), pack_i32_to_i8(q));
+}
+
+/// `max |x|` over 32 floats, ignoring NaN lanes as `f32::max` in the scalar fold does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn abs_max(v: &[__m256; 4]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for &vi in v {
+        // maxps returns its second operand when either is NaN, so `m` never becomes NaN.
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, vi), m);
+    }
+    hmax_ps(m)
+}
+
+/// Clamps lanes to [−128, 127] and maps NaN to 0, so the rounding conversion that follows gives
+/// what `round_ties_even() as i8` gives (it saturates the same way).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn saturate_i8(p: __m256) -> __m256 {
+    let not_nan = _mm256_cmp_ps::<_CMP_ORD_Q>(p, p);
+    let p = _mm256_and_ps(p, not_nan);
+    _mm256_min_ps(
+        _mm256_max_ps(p, _mm256_set1_ps(-128.0)),
+        _mm256_set1_ps(127.0),
+    )
+}
+
+/// Packs 4 × 8 i32 lanes (each in i8 range) into 32 i8 lanes in order: lane `8k + i` of the
+/// result is lane `i` of `q[k]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_i32_to_i8(q: [__m256i; 4]) -> __m256i {
+    // The packs work per 128-bit half, leaving 4-byte groups in the order
+    // q0.lo q1.lo q2.lo q3.lo | q0.hi q1.hi q2.hi q3.hi; the permute restores element order.
+    let w01 = _mm256_packs_epi32(q[0], q[1]);
+    let w23 = _mm256_packs_epi32(q[2], q[3]);
+    let bytes = _mm256_packs_epi16(w01, w23);
+    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integer dot products: four blocks per iteration (their scales converted together) into two
+// accumulators, then the remaining 0..=3 blocks.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_avx2(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut quads_w = w.chunks_exact(4);
+    let mut quads_x = x.chunks_exact(4);
+    for (w4, x4) in (&mut quads_w).zip(&mut quads_x) {
+        let d = quad_scales(w4, x4);
+        acc0 = fma_scaled(acc0, lane::<0>(d), q8_block_lanes(&w4[0], &x4[0]));
+        acc1 = fma_scaled(acc1, lane::<1>(d), q8_block_lanes(&w4[1], &x4[1]));
+        acc0 = fma_scaled(acc0, lane::<2>(d), q8_block_lanes(&w4[2], &x4[2]));
+        acc1 = fma_scaled(acc1, lane::<3>(d), q8_block_lanes(&w4[3], &x4[3]));
+    }
+    for (bw, bx) in quads_w.remainder().iter().zip(quads_x.remainder()) {
+        let d = _mm256_set1_ps(f16_to_f32(bw.d) * bx.d);
+        acc0 = fma_scaled(acc0, d, q8_block_lanes(bw, bx));
+    }
+    hsum_ps(_mm256_add_ps(acc0, acc1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_avx2(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut quads_w = w.chunks_exact(4);
+    let mut quads_x = x.chunks_exact(4);
+    for (w4, x4) in (&mut quads_w).zip(&mut quads_x) {
+        let d = quad_scales(w4, x4);
+        acc0 = fma_scaled(acc0, lanes_01(d), q4_pair_lanes(&w4[..2], &x4[..2]));
+        acc1 = fma_scaled(acc1, lanes_23(d), q4_pair_lanes(&w4[2..], &x4[2..]));
+    }
+    for (bw, bx) in quads_w.remainder().iter().zip(quads_x.remainder()) {
+        let d = _mm256_set1_ps(f16_to_f32(bw.d) * bx.d);
+        acc0 = fma_scaled(acc0, d, q4_block_lanes(bw, bx));
+    }
+    hsum_ps(_mm256_add_ps(acc0, acc1))
+}
+
+/// Two q4 blocks' exact integer dots with two activation blocks: lanes 0..4 (i32) sum to block
+/// 0's `Σ (q_w − 8) · q_x`, lanes 4..8 to block 1's. Both slices hold two blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_pair_lanes(w: &[BlockQ4], x: &[BlockQ8Act]) -> __m256i {
+    debug_assert!(w.len() == 2 && x.len() == 2);
+    // Reads exactly the 16 bytes of each `qs`; bytes: [block 0 | block 1].
+    let packed = _mm256_set_m128i(
+        _mm_loadu_si128(w[1].qs.as_ptr().cast()),
+        _mm_loadu_si128(w[0].qs.as_ptr().cast()),
+    );
+    let mask = _mm256_set1_epi8(0x0F);
+    // Codes of elements 0..16 of each block, then of elements 16..32.
+    let lo = _mm256_and_si256(packed, mask);
+    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+    // Activations rearranged to match: [x0 0..16 | x1 0..16] and [x0 16..32 | x1 16..32].
+    let (x0, x1) = (load_act(&x[0]), load_act(&x[1]));
+    let x_lo = _mm256_permute2x128_si256::<0x20>(x0, x1);
+    let x_hi = _mm256_permute2x128_si256::<0x31>(x0, x1);
+    // i16 pairs: |q · x| sums ≤ 2 · 2 · 15 · 128 and |8 · x| sums ≤ 2 · 2 · 8 · 128, no overflow.
+    let wx = _mm256_add_epi16(
+        _mm256_maddubs_epi16(lo, x_lo),
+        _mm256_maddubs_epi16(hi, x_hi),
+    );
+    let eight = _mm256_set1_epi8(8);
+    let offset = _mm256_add_epi16(
+        _mm256_maddubs_epi16(eight, x_lo),
+        _mm256_maddubs_epi16(eight, x_hi),
+    );
+    _mm256_madd_epi16(_mm256_sub_epi16(wx, offset), _mm256_set1_epi16(1))
+}
+
+/// Scales of four blocks: lane `k` holds `d_w · d_x` of block `k`. Converting four f16 scales at
+/// once from a register the code fully defines also avoids a false dependency: converting one
+/// lane lets LLVM insert it into whatever register is free (once, an accumulator), which
+/// chained every block's scale to the previous block's FMA and cost 3x on `dot_q8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quad_scales<W: HasF16Scale>(w: &[W], x: &[BlockQ8Act]) -> __m128 {
+    debug_assert!(w.len() == 4 && x.len() == 4);
+    // 16-bit lane k = block k's f16 scale; the movd that starts the chain zeroes the rest.
+    let bits = |k: usize| w[k].scale().to_bits() as i32;
+    let v = _mm_cvtsi32_si128(bits(0));
+    let v = _mm_insert_epi16::<1>(v, bits(1));
+    let v = _mm_insert_epi16::<2>(v, bits(2));
+    let v = _mm_insert_epi16::<3>(v, bits(3));
+    let dw = _mm_cvtph_ps(v);
+    _mm_mul_ps(dw, _mm_setr_ps(x[0].d, x[1].d, x[2].d, x[3].d))
+}
+
+/// Lane `K` of `d` in all 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lane<const K: i32>(d: __m128) -> __m256 {
+    _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), _mm256_set1_epi32(K))
+}
+
+/// Lanes 0..4 = `d[0]`, lanes 4..8 = `d[1]` (scales for [`q4_pair_lanes`] of blocks 0 and 1).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lanes_01(d: __m128) -> __m256 {
+    let idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), idx)
+}
+
+/// Lanes 0..4 = `d[2]`, lanes 4..8 = `d[3]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lanes_23(d: __m128) -> __m256 {
+    let idx = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), idx)
+}
+
+/// `acc + d · lanes`: integer lanes converted to float (exact below 2^24), one FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fma_scaled(acc: __m256, d: __m256, lanes: __m256i) -> __m256 {
+    _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc)
+}
+
+/// Weight blocks with an f16 scale.
+trait HasF16Scale {
+    fn scale(&self) -> f16;
+}
+
+impl HasF16Scale for BlockQ4 {
+    fn scale(&self) -> f16 {
+        self.d
+    }
+}
+
+impl HasF16Scale for BlockQ8 {
+    fn scale(&self) -> f16 {
+        self.d
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float dot products: 32 per iteration into four accumulators, then 8 at a time, then scalar.
+
+/// 8 f16 weights widened to f32 (lane `i` = `w[i]`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_f16x8(w: &[f16]) -> __m256 {
+    assert_eq!(w.len(), 8);
+    // Reads exactly the 8 halves (16 bytes) of `w`.
+    _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().cast()))
+}
+
+/// 8 floats (lane `i` = `x[i]`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_f32x8(x: &[f32]) -> __m256 {
+    assert_eq!(x.len(), 8);
+    // Reads exactly the 8 floats of `x`.
+    _mm256_loadu_ps(x.as_ptr())
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(w: &[f16], x: &[f32]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut c32_w = w.chunks_exact(32);
+    let mut c32_x = x.chunks_exact(32);
+    for (cw, cx) in (&mut c32_w).zip(&mut c32_x) {
+        for (a, (w8, x8)) in acc
+            .iter_mut()
+            .zip(cw.chunks_exact(8).zip(cx.chunks_exact(8)))
+        {
+            *a = _mm256_fmadd_ps(load_f16x8(w8), load_f32x8(x8), *a);
+        }
+    }
+    let mut c8_w = c32_w.remainder().chunks_exact(8);
+    let mut c8_x = c32_x.remainder().chunks_exact(8);
+    for (cw, cx) in (&mut c8_w).zip(&mut c8_x) {
+        acc[0] = _mm256_fmadd_ps(load_f16x8(cw), load_f32x8(cx), acc[0]);
+    }
+    let tail: f32 = c8_w
+        .remainder()
+        .iter()
+        .zip(c8_x.remainder())
+        .map(|(a, b)| f16_to_f32(*a) * b)
+        .sum();
+    hsum_ps(sum4(acc)) + tail
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut c32_a = a.chunks_exact(32);
+    let mut c32_b = b.chunks_exact(32);
+    for (ca, cb) in (&mut c32_a).zip(&mut c32_b) {
+        for (s, (a8, b8)) in acc
+            .iter_mut()
+            .zip(ca.chunks_exact(8).zip(cb.chunks_exact(8)))
+        {
+            *s = _mm256_fmadd_ps(load_f32x8(a8), load_f32x8(b8), *s);
+        }
+    }
+    let mut c8_a = c32_a.remainder().chunks_exact(8);
+    let mut c8_b = c32_b.remainder().chunks_exact(8);
+    for (ca, cb) in (&mut c8_a).zip(&mut c8_b) {
+        acc[0] = _mm256_fmadd_ps(load_f32x8(ca), load_f32x8(cb), acc[0]);
+    }
+    let tail: f32 = c8_a
+        .remainder()
+        .iter()
+        .zip(c8_b.remainder())
+        .map(|(p, q)| p * q)
+        .sum();
+    hsum_ps(sum4(acc)) + tail
+}
+
+/// Lane-wise sum of four accumulators.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum4(acc: [__m256; 4]) -> __m256 {
+    _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::scalar;
+
+    /// Whether this CPU can run the kernels under test.
+    fn supported() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// The table under test, or `None` (test skipped) on a CPU without the features.
+    fn table() -> Option<Ops> {
+        if !supported() {
+            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
+            return None;
+        }
+        // SAFETY: the features were just detected.
+        Some(unsafe { ops() })
+    }
+
+    /// xorshift64: deterministic, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// Uniform in [−1, 1).
+        fn f32(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+        fn i8(&mut self) -> i8 {
+            ((self.next() % 255) as i32 - 127) as i8
+        }
+        fn u8(&mut self) -> u8 {
+            self.next() as u8
+        }
+    }
+
+    const BLOCK_COUNTS: [usize; 8] = [1, 2, 3, 7, 8, 24, 50, 200];
+    const FLOAT_LENS: [usize; 14] = [0, 1, 7, 8, 31, 32, 33, 64, 100, 128, 768, 1600, 3072, 6400];
+
+    fn q8_weights(rng: &mut Rng, n: usize, unit: bool) -> Vec<BlockQ8> {
+        (0..n)
+            .map(|_| BlockQ8 {
+                d: f16::from_f32(if unit { 1.0 } else { rng.f32() * 0.05 }),
+                qs: std::array::from_fn(|_| rng.i8()),
+            })
+            .collect()
+    }
+
+    fn q4_weights(rng: &mut Rng, n: usize, unit: bool) -> Vec<BlockQ4> {
+        (0..n)
+            .map(|_| BlockQ4 {
+                d: f16::from_f32(if unit { 1.0 } else { rng.f32() * 0.05 }),
+                qs: std::array::from_fn(|_| rng.u8()),
+            })
+            .collect()
+    }
+
+    fn acts(rng: &mut Rng, n: usize, unit: bool) -> Vec<BlockQ8Act> {
+        (0..n)
+            .map(|_| BlockQ8Act {
+                d: if unit { 1.0 } else { rng.f32() * 3.0 },
+                qs: std::array::from_fn(|_| rng.i8()),
+            })
+            .collect()
+    }
+
+    fn q8_block_sum(w: &BlockQ8, x: &BlockQ8Act) -> i32 {
+        w.qs.iter()
+            .zip(&x.qs)
+            .map(|(&a, &b)| a as i32 * b as i32)
+            .sum()
+    }
+
+    /// The 8 i32 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn i32_lanes(v: __m256i) -> [i32; 8] {
+        let mut lanes = [0i32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v);
+        lanes
+    }
+
+    /// Sum of the i32 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum_i32(v: __m256i) -> i32 {
+        i32_lanes(v).iter().sum()
+    }
+
+    /// The error bound for a float dot: relative 1e-5 of `Σ|terms|`, plus 1e-6.
+    fn close(got: f32, want: f32, abs_terms: f64) -> bool {
+        ((got as f64) - (want as f64)).abs() <= 1e-5 * abs_terms + 1e-6
+    }
+
+    fn q8_abs_terms(w: &[BlockQ8], x: &[BlockQ8Act]) -> f64 {
+        w.iter()
+            .zip(x)
+            .map(|(bw, bx)| {
+                let s: i64 = bw
+                    .qs
+                    .iter()
+                    .zip(&bx.qs)
+                    .map(|(&a, &b)| (a as i64 * b as i64).abs())
+                    .sum();
+                (bw.d.to_f32() as f64 * bx.d as f64).abs() * s as f64
+            })
+            .sum()
+    }
+
+    fn q4_abs_terms(w: &[BlockQ4], x: &[BlockQ8Act]) -> f64 {
+        w.iter()
+            .zip(x)
+            .map(|(bw, bx)| {
+                let s: i64 = (0..QK)
+                    .map(|i| ((bw.nibble(i) as i64 - 8) * bx.qs[i] as i64).abs())
+                    .sum();
+                (bw.d.to_f32() as f64 * bx.d as f64).abs() * s as f64
+            })
+            .sum()
+    }
+
+    /// Checks the per-block integer lanes exactly and the float dot within the bound (exactly
+    /// too when every scale is 1 and the sums stay below 2^24).
+    fn check_q8(ops: &Ops, w: &[BlockQ8], x: &[BlockQ8Act], exact: bool) {
+        for (bw, bx) in w.iter().zip(x) {
+            // SAFETY: `table()` detected the features before any caller got here.
+            let got = unsafe { hsum_i32(q8_block_lanes(bw, bx)) };
+            assert_eq!(got, q8_block_sum(bw, bx), "q8 block integer sum");
+        }
+        let (got, want) = ((ops.dot_q8)(w, x), scalar::dot_q8(w, x));
+        if exact {
+            assert_eq!(got, want, "dot_q8 exact, {} blocks", w.len());
+        }
+        let bound = q8_abs_terms(w, x);
+        assert!(
+            close(got, want, bound),
+            "dot_q8 {} blocks: {got} vs {want}",
+            w.len()
+        );
+    }
+
+    fn check_q4(ops: &Ops, w: &[BlockQ4], x: &[BlockQ8Act], exact: bool) {
+        for (bw, bx) in w.iter().zip(x) {
+            // SAFETY: `table()` detected the features before any caller got here.
+            let got = unsafe { hsum_i32(q4_block_lanes(bw, bx)) };
+            assert_eq!(got, scalar::block_dot_q4(bw, bx), "q4 block integer sum");
+        }
+        for (w2, x2) in w.chunks_exact(2).zip(x.chunks_exact(2)) {
+            // SAFETY: as above.
+            let lanes = unsafe { i32_lanes(q4_pair_lanes(w2, x2)) };
+            let halves: [i32; 2] = [lanes[..4].iter().sum(), lanes[4..].iter().sum()];
+            let want = [0, 1].map(|k| scalar::block_dot_q4(&w2[k], &x2[k]));
+            assert_eq!(halves, want, "q4 pair integer sums");
+        }
+        let (got, want) = ((ops.dot_q4)(w, x), scalar::dot_q4(w, x));
+        if exact {
+            assert_eq!(got, want, "dot_q4 exact, {} blocks", w.len());
+        }
+        let bound = q4_abs_terms(w, x);
+        assert!(
+            close(got, want, bound),
+            "dot_q4 {} blocks: {got} vs {want}",
+            w.len()
+        );
+    }
+
+    #[test]
+    fn dot_q8_random() {
+        let Some(ops) = table() else { return };
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for n in BLOCK_COUNTS {
+            let (w, x) = (q8_weights(&mut rng, n, false), acts(&mut rng, n, false));
+            check_q8(&ops, &w, &x, false);
+            let (w, x) = (q8_weights(&mut rng, n, true), acts(&mut rng, n, true));
+            check_q8(&ops, &w, &x, n <= 24);
+        }
+    }
+
+    #[test]
+    fn dot_q4_random() {
+        let Some(ops) = table() else { return };
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for n in BLOCK_COUNTS {
+            let (w, x) = (q4_weights(&mut rng, n, false), acts(&mut rng, n, false));
+            check_q4(&ops, &w, &x, false);
+            let (w, x) = (q4_weights(&mut rng, n, true), acts(&mut rng, n, true));
+            check_q4(&ops, &w, &x, true);
+        }
+    }
+
+    /// ±127 activations against ±127 q8 weights and all-0 / all-15 nibbles, unit scales: the
+    /// largest sums maddubs sees.
+    #[test]
+    fn integer_dots_extremes() {
+        let Some(ops) = table() else { return };
+        for n in BLOCK_COUNTS {
+            // −128 never comes out of `quantize_act` for finite input, but the kernels allow it.
+            for xv in [127i8, -127, -128] {
+                let x = vec![
+                    BlockQ8Act {
+                        d: 1.0,
+                        qs: [xv; QK]
+                    };
+                    n
+                ];
+                for wv in [127i8, -127, 0] {
+                    let w = vec![
+                        BlockQ8 {
+                            d: f16::ONE,
+                            qs: [wv; QK]
+                        };
+                        n
+                    ];
+                    check_q8(&ops, &w, &x, n <= 24);
+                }
+                for byte in [0x00u8, 0xFF, 0x0F, 0xF0, 0x88] {
+                    let w = vec![
+                        BlockQ4 {
+                            d: f16::ONE,
+                            qs: [byte; QK / 2]
+                        };
+                        n
+                    ];
+                    check_q4(&ops, &w, &x, true);
+                }
+            }
+        }
+    }
+
+    /// Zero weight scales, zero activation scales (all-zero input) and zero codes give 0.
+    #[test]
+    fn integer_dots_zeros() {
+        let Some(ops) = table() else { return };
+        let mut rng = Rng(77);
+        for n in BLOCK_COUNTS {
+            let mut zero_act = vec![BlockQ8Act::default(); n];
+            (ops.quantize_act)(&vec![0.0; n * QK], &mut zero_act);
+            assert!(zero_act.iter().all(|b| b.d == 0.0 && b.qs == [0; QK]));
+            let mut w8 = q8_weights(&mut rng, n, false);
+            let mut w4 = q4_weights(&mut rng, n, false);
+            assert_eq!((ops.dot_q8)(&w8, &zero_act), 0.0);
+            assert_eq!((ops.dot_q4)(&w4, &zero_act), 0.0);
+            let x = acts(&mut rng, n, false);
+            w8.iter_mut().for_each(|b| b.d = f16::ZERO);
+            w4.iter_mut().for_each(|b| b.d = f16::ZERO);
+            assert_eq!((ops.dot_q8)(&w8, &x), 0.0);
+            assert_eq!((ops.dot_q4)(&w4, &x), 0.0);
+            let w4 = vec![
+                BlockQ4 {
+                    d: f16::ONE,
+                    qs: [0x88; QK / 2]
+                };
+                n
+            ];
+            assert_eq!((ops.dot_q4)(&w4, &x), 0.0);
+        }
+    }
+
+    fn assert_quantize_identical(ops: &Ops, x: &[f32]) {
+        let n = x.len() / QK;
+        let mut got = vec![BlockQ8Act::default(); n];
+        let mut want = vec![BlockQ8Act::default(); n];
+        (ops.quantize_act)(x, &mut got);
+        scalar::quantize_act(x, &mut want);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.d.to_bits(), w.d.to_bits(), "block {i} scale");
+            assert_eq!(
+                g.qs,
+                w.qs,
+                "block {i} values: input {:?}",
+                &x[i * QK..(i + 1) * QK]
+            );
+        }
+    }
+
+    #[test]
+    fn quantize_act_random_bit_identical() {
+        let Some(ops) = table() else { return };
+        let mut rng = Rng(12345);
+        for n in BLOCK_COUNTS {
+            for scale in [1e-30f32, 1e-3, 1.0, 37.5, 1e30] {
+                let x: Vec<f32> = (0..n * QK).map(|_| rng.f32() * scale).collect();
+                assert_quantize_identical(&ops, &x);
+            }
+        }
+    }
+
+    /// Values that land exactly on .5 after scaling (round half to even), zeros, signed zeros,
+    /// single outliers and non-finite values (saturation and NaN like `as i8`).
+    #[test]
+    fn quantize_act_ties_and_edges() {
+        let Some(ops) = table() else { return };
+        let mut x = Vec::new();
+        // amax 127 → d = 1, id = 1: exact ties k + 0.5.
+        x.extend((0..QK).map(|i| {
+            if i == 0 {
+                127.0
+            } else {
+                (i as f32 - 16.0) + 0.5
+            }
+        }));
+        // amax 63.5 → d = 0.5, id = 2: x = k/2 + 1/4 gives k + 0.5.
+        x.extend((0..QK).map(|i| {
+            if i == 0 {
+                -63.5
+            } else {
+                (i as f32 - 16.0) * 0.5 + 0.25
+            }
+        }));
+        // Ties against an arbitrary scale: x = (k + 0.5) · d.
+        let d = 0.731f32 / 127.0;
+        x.extend((0..QK).map(|i| if i == 0 { 0.731 } else { (i as f32 - 16.5) * d }));
+        x.extend([0.0f32; QK]);
+        x.extend((0..QK).map(|i| if i % 2 == 0 { -0.0 } else { 0.0 }));
+        x.extend((0..QK).map(|i| if i == 31 { -5.0 } else { 1e-3 }));
+        // Subnormal amax: 1/d overflows to infinity, products saturate or are NaN.
+        x.extend((0..QK).map(|i| [1e-44f32, -1e-44, 0.0, 3e-45][i % 4]));
+        x.extend((0..QK).map(|i| [f32::INFINITY, 1.0, -2.0, 0.0][i % 4]));
+        x.extend((0..QK).map(|i| [f32::NAN, 1.0, -2.0, 0.5][i % 4]));
+        x.extend([f32::NAN; QK]);
+        x.extend((0..QK).map(|i| if i == 7 { f32::NEG_INFINITY } else { 3.0 }));
+        assert_quantize_identical(&ops, &x);
+    }
+
+    fn f32_abs_terms(a: impl Iterator<Item = f32>, b: &[f32]) -> f64 {
+        a.zip(b).map(|(p, q)| (p as f64 * *q as f64).abs()).sum()
+    }
+
+    #[test]
+    fn dot_f32_random() {
+        let Some(ops) = table() else { return };
+        let mut rng = Rng(99);
+        for n in FLOAT_LENS {
+            let a: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.f32() * 4.0).collect();
+            let (got, want) = ((ops.dot_f32)(&a, &b), scalar::dot_f32(&a, &b));
+            let bound = f32_abs_terms(a.iter().copied(), &b);
+            assert!(close(got, want, bound), "dot_f32 len {n}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn dot_f16_random() {
+        let Some(ops) = table() else { return };
+        let mut rng = Rng(4242);
+        for n in FLOAT_LENS {
+            let w: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.f32() * 0.2)).collect();
+            let x: Vec<f32> = (0..n).map(|_| rng.f32() * 4.0).collect();
+            let (got, want) = ((ops.dot_f16)(&w, &x), scalar::dot_f16(&w, &x));
+            let bound = f32_abs_terms(w.iter().map(|v| v.to_f32()), &x);
+            assert!(close(got, want, bound), "dot_f16 len {n}: {got} vs {want}");
+        }
+    }
+
+    /// Small integers: every partial sum is exact, so SIMD and scalar agree to the bit, which
+    /// checks that every element (including the tails) is counted once.
+    #[test]
+    fn float_dots_exact_on_integers() {
+        let Some(ops) = table() else { return };
+        let mut rng = Rng(5);
+        for n in FLOAT_LENS {
+            let a: Vec<f32> = (0..n).map(|_| (rng.next() % 17) as f32 - 8.0).collect();
+            let b: Vec<f32> = (0..n).map(|_| (rng.next() % 9) as f32 - 4.0).collect();
+            let h: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
+            assert_eq!(
+                (ops.dot_f32)(&a, &b),
+                scalar::dot_f32(&a, &b),
+                "dot_f32 len {n}"
+            );
+            assert_eq!(
+                (ops.dot_f16)(&h, &b),
+                scalar::dot_f16(&h, &b),
+                "dot_f16 len {n}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "dot_q4: lengths")]
+    fn dot_q4_checks_lengths() {
+        let Some(ops) = table() else {
+            panic!("dot_q4: lengths (skipped: CPU lacks AVX2/FMA/F16C)")
+        };
+        (ops.dot_q4)(&[], &[BlockQ8Act::default()]);
+    }
+
+    /// Single-thread throughput of the integer dots over matrix-sized weights (in cache), AVX2
+    /// against scalar. Run with `cargo test --release --lib kernels::avx2 -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let Some(ops) = table() else { return };
+        let mut rng = Rng(1);
+        for (rows, cols) in [
+            (64, 768),
+            (2304, 768),
+            (768, 3072),
+            (6400, 1600),
+            (1600, 6400),
+        ] {
+            let nb = cols / QK;
+            let x = acts(&mut rng, nb, false);
+            let w8 = q8_weights(&mut rng, rows * nb, false);
+            let w4 = q4_weights(&mut rng, rows * nb, false);
+            // Fastest of many single passes: the machine is shared, preempted passes are slower.
+            let run = |name: &str, bytes: usize, f: &dyn Fn() -> f32| {
+                let mut sink = f();
+                let mut best = f64::INFINITY;
+                for _ in 0..(300_000_000 / bytes).max(50) {
+                    let t = std::time::Instant::now();
+                    sink += f();
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let gbs = bytes as f64 / best / 1e9;
+                println!("{rows}x{cols} {name:12} {gbs:7.2} GB/s  ({sink:e})");
+                gbs
+            };
+            let (x, w8, w4) = (&x, &w8, &w4);
+            let b8 = std::mem::size_of_val(w8.as_slice());
+            let b4 = std::mem::size_of_val(w4.as_slice());
+            let rows8 = |dot: fn(&[BlockQ8], &[BlockQ8Act]) -> f32| {
+                move || w8.chunks_exact(nb).map(|r| dot(r, x)).sum::<f32>()
+            };
+            let s8 = run("q8 scalar", b8, &rows8(scalar::dot_q8));
+            let v8 = run("q8 avx2", b8, &rows8(ops.dot_q8));
+            let rows4 = |dot: fn(&[BlockQ4], &[BlockQ8Act]) -> f32| {
+                move || w4.chunks_exact(nb).map(|r| dot(r, x)).sum::<f32>()
+            };
+            let s4 = run("q4 scalar", b4, &rows4(scalar::dot_q4));
+            let v4 = run("q4 avx2", b4, &rows4(ops.dot_q4));
+            let wh: Vec<f16> = (0..rows * cols).map(|_| f16::from_f32(rng.f32())).collect();
+            let xf: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+            let (wh, xf) = (&wh, &xf);
+            let bh = std::mem::size_of_val(wh.as_slice());
+            let rows_h = |dot: fn(&[f16], &[f32]) -> f32| {
+                move || wh.chunks_exact(cols).map(|r| dot(r, xf)).sum::<f32>()
+            };
+            let sh = run("f16 scalar", bh, &rows_h(scalar::dot_f16));
+            let vh = run("f16 avx2", bh, &rows_h(ops.dot_f16));
+            println!(
+                "  speed-up q8 {:.1}x  q4 {:.1}x  f16 {:.1}x",
+                v8 / s8,
+                v4 / s4,
+                vh / sh
+            );
+        }
+    }
 }
