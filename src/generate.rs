@@ -1,7 +1,8 @@
 //! The generation loop: prompt tokens in, sampled tokens out, one callback per token.
 //!
-//! It owns the order of steps (prefill, sample, feed back, stop conditions) and the statistics of a
-//! run. It allocates nothing per token. It does not print: callers stream the text (see
+//! It owns the order of steps (prefill, sample, feed back, stop conditions), what happens when the
+//! session's context fills ([`ContextPolicy`]) and the statistics of a run. It allocates nothing
+//! per token, context shifts included. It does not print: callers stream the text (see
 //! [`crate::tokenizer::Utf8Stream`]).
 
 use std::ops::ControlFlow;
@@ -20,6 +21,36 @@ pub struct StopRules {
     pub stop_token: Option<u32>,
 }
 
+/// What generation does when the session's KV cache is full and another token must be run.
+///
+/// GPT-2 has learned absolute position embeddings, so cached keys and values cannot be moved to new
+/// positions: a shift re-runs the surviving tokens through the model at their new positions (one
+/// batched [`Session::prefill`]). That costs a prefill of about half the context once every
+/// half-context of tokens, and keeps memory fixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextPolicy {
+    /// Stop with [`StopReason::ContextFull`].
+    Stop,
+    /// Context shifting (llama.cpp's, with `keep` as its `n_keep`): keep the first `keep` tokens
+    /// (typically an instruction at the start of the prompt; their cache entries stay as they are),
+    /// drop the oldest half of the tokens after them, and re-run the rest at the positions
+    /// following the kept ones. With a context of `c` tokens, a shift drops `(c − keep) / 2`
+    /// tokens; when that is 0 (`keep ≥ c − 1`) shifting is impossible and generation stops with
+    /// [`StopReason::ContextFull`]. Tokens dropped from the context still count for the
+    /// repetition penalty (it reads the whole history).
+    Shift {
+        /// Tokens at the start that are never dropped (clamped to the context size).
+        keep: usize,
+    },
+}
+
+impl Default for ContextPolicy {
+    /// Shifting with nothing kept.
+    fn default() -> Self {
+        ContextPolicy::Shift { keep: 0 }
+    }
+}
+
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -27,7 +58,7 @@ pub enum StopReason {
     Length,
     /// The stop token was sampled.
     EndOfText,
-    /// The session's context is full.
+    /// The session's context is full and the [`ContextPolicy`] cannot make room.
     ContextFull,
     /// The callback asked to stop.
     Callback,
@@ -42,8 +73,12 @@ pub struct GenerationStats {
     pub generated_tokens: usize,
     /// Time to process the prompt (and so to the first sampled token).
     pub prefill_time: Duration,
-    /// Time spent generating after the first token.
+    /// Time spent generating after the first token (context shifts included).
     pub decode_time: Duration,
+    /// Context shifts made ([`ContextPolicy::Shift`]).
+    pub context_shifts: usize,
+    /// Tokens re-run through the model by context shifts.
+    pub reprocessed_tokens: usize,
     /// Why it stopped.
     pub stop: StopReason,
 }
@@ -62,18 +97,62 @@ impl GenerationStats {
 
 /// Runs `prompt` through `session`, then samples up to `rules.max_new_tokens` tokens, calling
 /// `on_token` with each one as soon as it is chosen. `history` receives the prompt and every new
-/// token (the repetition penalty reads it); its capacity is reserved up front and reused across calls.
+/// token (the repetition penalty reads it, and context shifts re-run its tail); its capacity is
+/// reserved up front and reused across calls. The session starts from position 0. When the
+/// context fills, the default [`ContextPolicy`] applies (shifting, nothing kept); see
+/// [`generate_with_policy`] to choose.
 pub fn generate(
     session: &mut Session<'_>,
     sampler: &mut Sampler,
     prompt: &[u32],
     rules: StopRules,
     history: &mut Vec<u32>,
+    on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<GenerationStats> {
+    generate_with_policy(
+        session,
+        sampler,
+        prompt,
+        rules,
+        ContextPolicy::default(),
+        history,
+        on_token,
+    )
+}
+
+/// [`generate`] with `policy` deciding what happens when the context fills.
+///
+/// Nothing is allocated after the prompt is checked, provided `history` has room for the prompt
+/// and `rules.max_new_tokens` and the call is made on a rayon worker thread (inside
+/// `ThreadPool::install` or `rayon::scope`): from any other thread each parallel matrix product
+/// injects a job into rayon's queue, which allocates about once per 63 products
+/// (`tests/alloc_free.rs` measures both).
+pub fn generate_with_policy(
+    session: &mut Session<'_>,
+    sampler: &mut Sampler,
+    prompt: &[u32],
+    rules: StopRules,
+    policy: ContextPolicy,
+    history: &mut Vec<u32>,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<GenerationStats> {
     if prompt.is_empty() {
         return Err(Error::invalid("the prompt has no tokens"));
     }
+    if prompt.len() > session.capacity() {
+        return Err(Error::invalid(format!(
+            "the prompt is {} tokens, more than the context of {}",
+            prompt.len(),
+            session.capacity()
+        )));
+    }
+    // The cache holds history[..keep] at positions 0..keep, then history[tail..] after them.
+    let keep = match policy {
+        ContextPolicy::Stop => 0,
+        ContextPolicy::Shift { keep } => keep.min(session.capacity()),
+    };
+    let mut tail = keep;
+    session.reset();
     history.clear();
     history.reserve(prompt.len() + rules.max_new_tokens);
     history.extend_from_slice(prompt);
@@ -83,6 +162,8 @@ pub fn generate(
         generated_tokens: 0,
         prefill_time: Duration::ZERO,
         decode_time: Duration::ZERO,
+        context_shifts: 0,
+        reprocessed_tokens: 0,
         stop: StopReason::Length,
     };
     session.prefill(prompt)?;
@@ -103,11 +184,22 @@ pub fn generate(
         if stats.generated_tokens == rules.max_new_tokens {
             break;
         }
-        if session.pos() == session.capacity() {
+        if session.pos() < session.capacity() {
+            session.forward(token)?;
+            continue;
+        }
+        let discard = (session.pos() - keep) / 2;
+        if policy == ContextPolicy::Stop || discard == 0 {
             stats.stop = StopReason::ContextFull;
             break;
         }
-        session.forward(token)?;
+        // Drop history[tail..tail + discard] from the context; re-run the survivors and the
+        // new token at positions keep.. (their embeddings depend on the position).
+        tail += discard;
+        session.truncate(keep);
+        session.prefill(&history[tail..])?;
+        stats.context_shifts += 1;
+        stats.reprocessed_tokens += history.len() - tail;
     }
     stats.decode_time = decode_start.elapsed();
     Ok(stats)

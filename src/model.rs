@@ -8,8 +8,9 @@
 use crate::error::{Error, Result};
 use crate::format::{Activation, DType, HParams, Layout, TensorEntry};
 use crate::kernels::{self, MatmulScratch};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvType};
 use crate::mmap::{self, ModelFile};
+use crate::quant::{BlockQ8Act, QK};
 use crate::tensor::{Matrix, Weights};
 use crate::tokenizer::Tokenizer;
 
@@ -239,7 +240,19 @@ struct Scratch {
     matmul: MatmulScratch,
 }
 
-impl Scratch {
+/// Sizes of the scratch buffers for one configuration, in elements.
+struct ScratchDims {
+    /// `x`, `xn`, `attn` and `proj` each.
+    embd: usize,
+    qkv: usize,
+    hidden: usize,
+    scores: usize,
+    logits: usize,
+    /// `MatmulScratch::new` arguments: widest input, widest output, batch.
+    matmul: (usize, usize, usize),
+}
+
+impl ScratchDims {
     fn new(hp: &HParams, config: &SessionConfig) -> Self {
         let (e, i, v, b) = (
             hp.n_embd as usize,
@@ -249,16 +262,40 @@ impl Scratch {
         );
         let logit_rows = if config.all_logits { b } else { 1 };
         let widest_out = (3 * e).max(i).max(if config.all_logits { v } else { 0 });
+        ScratchDims {
+            embd: b * e,
+            qkv: b * 3 * e,
+            hidden: b * i,
+            scores: config.ctx,
+            logits: logit_rows * v,
+            matmul: (e.max(i), widest_out, b),
+        }
+    }
+
+    /// Bytes the buffers take (must agree with [`Scratch::byte_len`]).
+    fn byte_len(&self) -> usize {
+        let floats = 4 * self.embd + self.qkv + self.hidden + self.scores + self.logits;
+        let (cols, rows, tokens) = self.matmul;
+        floats * std::mem::size_of::<f32>()
+            + cols.div_ceil(QK) * tokens * std::mem::size_of::<BlockQ8Act>()
+            + rows * tokens * std::mem::size_of::<f32>()
+    }
+}
+
+impl Scratch {
+    fn new(hp: &HParams, config: &SessionConfig) -> Self {
+        let d = ScratchDims::new(hp, config);
+        let (cols, rows, tokens) = d.matmul;
         Scratch {
-            x: vec![0.0; b * e],
-            xn: vec![0.0; b * e],
-            qkv: vec![0.0; b * 3 * e],
-            attn: vec![0.0; b * e],
-            proj: vec![0.0; b * e],
-            hidden: vec![0.0; b * i],
-            scores: vec![0.0; config.ctx],
-            logits: vec![0.0; logit_rows * v],
-            matmul: MatmulScratch::new(e.max(i), widest_out, b),
+            x: vec![0.0; d.embd],
+            xn: vec![0.0; d.embd],
+            qkv: vec![0.0; d.qkv],
+            attn: vec![0.0; d.embd],
+            proj: vec![0.0; d.embd],
+            hidden: vec![0.0; d.hidden],
+            scores: vec![0.0; d.scores],
+            logits: vec![0.0; d.logits],
+            matmul: MatmulScratch::new(cols, rows, tokens),
         }
     }
 
@@ -284,16 +321,83 @@ pub struct SessionConfig {
     pub batch: usize,
     /// Keep the logits of every position of a batch ([`Session::forward_batch`]), not just the last.
     pub all_logits: bool,
+    /// How the KV cache stores keys and values.
+    pub kv: KvType,
 }
 
 impl SessionConfig {
-    /// Default sizing for `ctx` positions: batches of up to 64 tokens, last logits only.
+    /// Default sizing for `ctx` positions: batches of up to 64 tokens, last logits only, and
+    /// the default KV element type ([`KvType::default`], f16).
     pub fn new(ctx: usize) -> Self {
         SessionConfig {
             ctx,
             batch: ctx.clamp(1, 64),
             all_logits: false,
+            kv: KvType::default(),
         }
+    }
+
+    /// The same sizing with the KV cache stored as `kv`.
+    pub fn with_kv(self, kv: KvType) -> Self {
+        SessionConfig { kv, ..self }
+    }
+}
+
+/// The memory a run needs, in bytes, computed without allocating any of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// The mapped model file (shared, paged in from disk; all of it is touched per token).
+    pub weights: usize,
+    /// The KV cache.
+    pub kv_cache: usize,
+    /// Activations, attention scores, logits and matrix-product scratch.
+    pub scratch: usize,
+}
+
+impl MemoryPlan {
+    /// The plan for a session of `config` over a model with `hp`, whose file is `weights` bytes.
+    pub fn new(hp: &HParams, weights: usize, config: &SessionConfig) -> Result<Self> {
+        Ok(MemoryPlan {
+            weights,
+            kv_cache: KvCache::planned_bytes(
+                hp.n_layer as usize,
+                hp.n_head as usize,
+                hp.head_dim(),
+                config.ctx,
+                config.kv,
+            )?,
+            scratch: ScratchDims::new(hp, config).byte_len(),
+        })
+    }
+
+    /// Weights + KV cache + scratch.
+    pub fn total(&self) -> usize {
+        self.weights
+            .saturating_add(self.kv_cache)
+            .saturating_add(self.scratch)
+    }
+
+    /// The largest context in `1..=hp.n_ctx` whose plan (sized like `SessionConfig::new(ctx)`
+    /// with `kv`) fits in `limit` bytes, if any does.
+    pub fn max_ctx_within(hp: &HParams, weights: usize, kv: KvType, limit: usize) -> Option<usize> {
+        let fits = |ctx: usize| {
+            MemoryPlan::new(hp, weights, &SessionConfig::new(ctx).with_kv(kv))
+                .is_ok_and(|p| p.total() <= limit)
+        };
+        // The plan grows with ctx, so binary-search the last context that fits.
+        if !fits(1) {
+            return None;
+        }
+        let (mut lo, mut hi) = (1usize, hp.n_ctx as usize);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Some(lo)
     }
 }
 
@@ -330,11 +434,12 @@ impl<'m> Session<'m> {
                 config.batch, config.ctx
             )));
         }
-        let cache = KvCache::new(
+        let cache = KvCache::with_type(
             hp.n_layer as usize,
             hp.n_head as usize,
             hp.head_dim(),
             config.ctx,
+            config.kv,
         )?;
         Ok(Session {
             model,
@@ -347,13 +452,18 @@ impl<'m> Session<'m> {
     }
 
     /// A session for scoring text: room for `window` positions, every position's logits kept, in
-    /// batches of up to 64 tokens.
+    /// batches of up to 64 tokens, default KV type.
     pub fn for_scoring(model: &'m Model<'m>, window: usize) -> Result<Self> {
         let config = SessionConfig {
             all_logits: true,
             ..SessionConfig::new(window)
         };
         Self::with_config(model, config)
+    }
+
+    /// How the session is sized.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
     }
 
     /// Tokens processed together.
@@ -385,6 +495,14 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.pos = 0;
         self.logit_rows = 0;
+    }
+
+    /// Forgets positions `pos..`: the next token is at position `pos` (no-op if `pos` is not
+    /// before the current position). Earlier positions' keys and values stay valid, since each
+    /// depends only on the tokens up to it. The logits are stale until the next call that runs
+    /// tokens.
+    pub fn truncate(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
     }
 
     /// Runs `tokens` through the model in batches and returns the logits after the last one.
@@ -548,24 +666,11 @@ fn attend(
 ) {
     let hd = hp.head_dim();
     let scale = 1.0 / (hd as f32).sqrt();
+    let scores = &mut scores[..len];
     for h in 0..hp.n_head as usize {
-        let qh = &q[h * hd..(h + 1) * hd];
-        let scores = &mut scores[..len];
-        for (score, key) in scores
-            .iter_mut()
-            .zip(cache.keys(layer, h, len).chunks_exact(hd))
-        {
-            *score = kernels::dot_f32(qh, key) * scale;
-        }
+        cache.scores(layer, h, &q[h * hd..(h + 1) * hd], scale, scores);
         kernels::softmax(scores);
-        let out = &mut out[h * hd..(h + 1) * hd];
-        out.fill(0.0);
-        for (&p, value) in scores
-            .iter()
-            .zip(cache.values(layer, h, len).chunks_exact(hd))
-        {
-            kernels::axpy(out, p, value);
-        }
+        cache.weighted_sum(layer, h, scores, &mut out[h * hd..(h + 1) * hd]);
     }
 }
 

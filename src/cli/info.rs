@@ -3,22 +3,117 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use gpt2q::format::Activation;
+use gpt2q::format::{Activation, HParams};
+use gpt2q::kv_cache::KvType;
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
-use gpt2q::Result;
+use gpt2q::model::{MemoryPlan, Model, SessionConfig};
+use gpt2q::{Error, Result};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Model file (.g2q).
     model: PathBuf,
-    /// Context size to plan memory for (default: the model's maximum).
+    /// Context size to plan memory for (default: the model's maximum, capped to --mem-limit).
     #[arg(short, long)]
     ctx: Option<usize>,
+    /// KV cache element type to plan for: f32, f16 or q8.
+    #[arg(long, default_value = "f16")]
+    kv: KvType,
+    /// Check the plan against this much memory (e.g. 300M; K, M, G are powers of 1024).
+    #[arg(long, value_parser = parse_bytes)]
+    mem_limit: Option<usize>,
 }
 
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Parses a byte count: a number with an optional `K`, `M` or `G` suffix (powers of 1024,
+/// optionally followed by `B` or `iB`), e.g. `300M`, `1.5G`, `65536`.
+pub(super) fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mult) = match digits.chars().last() {
+        Some('k') => (&digits[..digits.len() - 1], 1u64 << 10),
+        Some('m') => (&digits[..digits.len() - 1], 1 << 20),
+        Some('g') => (&digits[..digits.len() - 1], 1 << 30),
+        Some('t') => (&digits[..digits.len() - 1], 1 << 40),
+        _ => (digits, 1),
+    };
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 300M, 1.5G or 65536"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("{s:?} is not a size like 300M, 1.5G or 65536"));
+    }
+    Ok((value * mult as f64).min(usize::MAX as f64) as usize)
+}
+
+/// The context size and memory plan for a run: `ctx` if given (checked against the model and
+/// `mem_limit`), else the model's maximum capped to what fits in `mem_limit`. Refuses, saying
+/// what would fit, when the plan exceeds the limit.
+pub(super) fn plan(
+    hp: &HParams,
+    weights: usize,
+    ctx: Option<usize>,
+    kv: KvType,
+    mem_limit: Option<usize>,
+) -> Result<(usize, MemoryPlan)> {
+    let max_ctx = hp.n_ctx as usize;
+    let ctx = match (ctx, mem_limit) {
+        (Some(c), _) => c,
+        (None, Some(limit)) => {
+            MemoryPlan::max_ctx_within(hp, weights, kv, limit).map_or(max_ctx, |c| c.min(max_ctx))
+        }
+        (None, None) => max_ctx,
+    };
+    if ctx == 0 || ctx > max_ctx {
+        return Err(Error::invalid(format!(
+            "--ctx must be in 1..={max_ctx} for this model, got {ctx}"
+        )));
+    }
+    let plan = MemoryPlan::new(hp, weights, &SessionConfig::new(ctx).with_kv(kv))?;
+    match mem_limit {
+        Some(limit) if plan.total() > limit => Err(Error::invalid(over_limit(
+            hp, weights, ctx, kv, &plan, limit,
+        ))),
+        _ => Ok((ctx, plan)),
+    }
+}
+
+fn over_limit(
+    hp: &HParams,
+    weights: usize,
+    ctx: usize,
+    kv: KvType,
+    plan: &MemoryPlan,
+    limit: usize,
+) -> String {
+    let mut msg = format!(
+        "the memory plan at --ctx {ctx} --kv {kv} is {:.1} MiB (weights {:.1} + KV cache {:.1} + scratch {:.1}), over --mem-limit {:.1} MiB",
+        mib(plan.total()),
+        mib(plan.weights),
+        mib(plan.kv_cache),
+        mib(plan.scratch),
+        mib(limit)
+    );
+    let fits: Vec<String> = KvType::ALL
+        .iter()
+        .filter_map(|&k| {
+            MemoryPlan::max_ctx_within(hp, weights, k, limit).map(|c| format!("--ctx {c} --kv {k}"))
+        })
+        .collect();
+    if fits.is_empty() {
+        msg += &format!(
+            "; nothing fits: the mapped weights alone are {:.1} MiB (use a smaller quantisation or raise the limit)",
+            mib(weights)
+        );
+    } else {
+        msg += &format!("; at most this would fit: {}", fits.join(", or "));
+    }
+    msg
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -55,18 +150,43 @@ pub fn run(args: Args) -> Result<()> {
             *bytes as f64 * 8.0 / *params as f64
         );
     }
-    let ctx = args.ctx.unwrap_or(hp.n_ctx as usize);
-    let session = Session::new(&model, ctx)?;
-    let weights = file.bytes().len();
-    println!(
-        "memory:      weights {:.1} MiB (mapped, shared) + KV cache and scratch at ctx {ctx} {:.1} MiB = {:.1} MiB",
-        mib(weights),
-        mib(session.memory_bytes()),
-        mib(weights + session.memory_bytes())
-    );
     println!(
         "per token:   {:.1} MiB of weights read",
         mib(model.weight_bytes_per_token())
     );
+    let weights = file.bytes().len();
+    let (ctx, plan) = plan(hp, weights, args.ctx, args.kv, args.mem_limit)?;
+    println!(
+        "memory:      at ctx {ctx}, KV cache {}{}",
+        args.kv,
+        args.mem_limit.map_or(String::new(), |l| format!(
+            " (--mem-limit {:.1} MiB)",
+            mib(l)
+        ))
+    );
+    println!(
+        "  weights    {:>9.1} MiB (mapped read-only, shared)",
+        mib(plan.weights)
+    );
+    println!("  KV cache   {:>9.1} MiB", mib(plan.kv_cache));
+    println!("  scratch    {:>9.1} MiB", mib(plan.scratch));
+    println!("  total      {:>9.1} MiB", mib(plan.total()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("300M"), Ok(300 << 20));
+        assert_eq!(parse_bytes("300MiB"), Ok(300 << 20));
+        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64KB"), Ok(64 << 10));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("-1M").is_err());
+        assert!(parse_bytes("12X").is_err());
+    }
 }

@@ -4,8 +4,9 @@ use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use gpt2q::generate::{generate, StopReason, StopRules};
-use gpt2q::model::{Model, Session};
+use gpt2q::generate::{generate_with_policy, ContextPolicy, StopReason, StopRules};
+use gpt2q::kv_cache::KvType;
+use gpt2q::model::{Model, Session, SessionConfig};
 use gpt2q::sampler::{Sampler, SamplerConfig};
 use gpt2q::tokenizer::Utf8Stream;
 use gpt2q::{Error, Result};
@@ -52,9 +53,27 @@ pub struct Args {
     /// Keep generating after <|endoftext|>.
     #[arg(long)]
     ignore_eos: bool,
-    /// Context size in tokens (default: prompt + n, at most the model's maximum).
+    /// Context size in tokens (default: the model's maximum, capped to what fits --mem-limit).
+    /// When it fills, the context shifts (see --keep).
     #[arg(short, long)]
     ctx: Option<usize>,
+    /// KV cache element type: f32, f16 (half the memory) or q8 (about a quarter).
+    #[arg(long, default_value = "f16")]
+    kv: KvType,
+    /// When the context is full, keep the first K tokens, drop the oldest half of the rest and
+    /// re-run the remainder at their new positions.
+    #[arg(long, default_value_t = 0)]
+    keep: usize,
+    /// Stop when the context is full instead of shifting it.
+    #[arg(long)]
+    no_shift: bool,
+    /// Refuse to start if weights + KV cache + scratch exceed this (e.g. 300M; K, M, G are
+    /// powers of 1024), saying what would fit.
+    #[arg(long, value_parser = super::info::parse_bytes)]
+    mem_limit: Option<usize>,
+    /// Print the peak resident memory (Linux VmHWM) on stderr at the end (for tests).
+    #[arg(long, hide = true)]
+    print_peak_rss: bool,
     /// Print nothing on stderr.
     #[arg(short, long)]
     quiet: bool,
@@ -110,27 +129,27 @@ pub fn run(args: Args) -> Result<()> {
     if ids.is_empty() {
         ids.push(model.hparams.eos_id);
     }
-    let max_ctx = model.hparams.n_ctx as usize;
-    let ctx = args
-        .ctx
-        .unwrap_or((ids.len() + args.n_predict).min(max_ctx));
-    if ctx == 0 || ctx > max_ctx {
-        return Err(Error::invalid(format!(
-            "--ctx must be in 1..={max_ctx} for this model, got {ctx}"
-        )));
-    }
+    let (ctx, plan) = super::info::plan(
+        &model.hparams,
+        file.bytes().len(),
+        args.ctx,
+        args.kv,
+        args.mem_limit,
+    )?;
     if ids.len() > ctx {
         return Err(Error::invalid(format!(
             "the prompt is {} tokens, more than the context of {ctx}",
             ids.len()
         )));
     }
-    let mut session = Session::new(&model, ctx)?;
+    let mut session = Session::with_config(&model, SessionConfig::new(ctx).with_kv(args.kv))?;
     let mut sampler = Sampler::new(config.clone(), model.hparams.n_vocab as usize)?;
     if !args.quiet {
         eprintln!(
-            "gpt2q: {} prompt tokens, ctx {ctx}, seed {}",
+            "gpt2q: {} prompt tokens, ctx {ctx}, KV {}, {:.1} MiB planned, seed {}",
             ids.len(),
+            args.kv,
+            plan.total() as f64 / (1024.0 * 1024.0),
             config.seed
         );
     }
@@ -138,9 +157,32 @@ pub fn run(args: Args) -> Result<()> {
         max_new_tokens: args.n_predict,
         stop_token: (!args.ignore_eos).then_some(model.hparams.eos_id),
     };
-    let stats = stream(&model, &mut session, &mut sampler, &ids, &prompt, rules)?;
+    let policy = if args.no_shift {
+        ContextPolicy::Stop
+    } else {
+        ContextPolicy::Shift { keep: args.keep }
+    };
+    // Generate on a worker of the thread pool: called from outside it, every parallel matrix
+    // product would inject a job into rayon's queue, which allocates (a block per 63 jobs).
+    let stats = rayon::scope(|_| {
+        stream(
+            &model,
+            &mut session,
+            &mut sampler,
+            &ids,
+            &prompt,
+            rules,
+            policy,
+        )
+    })?;
     if !args.quiet {
         report(&stats);
+    }
+    if args.print_peak_rss {
+        match gpt2q::bench::peak_rss_bytes() {
+            Some(b) => eprintln!("gpt2q: peak RSS {b} bytes"),
+            None => eprintln!("gpt2q: peak RSS unknown"),
+        }
     }
     Ok(())
 }
@@ -153,6 +195,7 @@ fn stream(
     ids: &[u32],
     prompt: &str,
     rules: StopRules,
+    policy: ContextPolicy,
 ) -> Result<gpt2q::generate::GenerationStats> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -160,23 +203,31 @@ fn stream(
     out.write_all(prompt.as_bytes()).map_err(io)?;
     out.flush().map_err(io)?;
     let mut utf8 = Utf8Stream::new();
-    let mut history = Vec::new();
+    let mut history = Vec::with_capacity(ids.len() + rules.max_new_tokens);
     let mut write_error = None;
     let eos = rules.stop_token;
-    let stats = generate(session, sampler, ids, rules, &mut history, |token| {
-        if Some(token) == eos {
-            return ControlFlow::Continue(());
-        }
-        let bytes = model.tokenizer.token_bytes(token).unwrap_or(&[]);
-        let text = utf8.push(bytes);
-        match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                write_error = Some(e);
-                ControlFlow::Break(())
+    let stats = generate_with_policy(
+        session,
+        sampler,
+        ids,
+        rules,
+        policy,
+        &mut history,
+        |token| {
+            if Some(token) == eos {
+                return ControlFlow::Continue(());
             }
-        }
-    })?;
+            let bytes = model.tokenizer.token_bytes(token).unwrap_or(&[]);
+            let text = utf8.push(bytes);
+            match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    write_error = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    )?;
     if let Some(e) = write_error {
         return Err(io(e));
     }
@@ -200,4 +251,10 @@ fn report(stats: &gpt2q::generate::GenerationStats) {
         stats.generated_tokens,
         stats.decode_tokens_per_second()
     );
+    if stats.context_shifts > 0 {
+        eprintln!(
+            "gpt2q: {} context shifts re-ran {} tokens",
+            stats.context_shifts, stats.reprocessed_tokens
+        );
+    }
 }
