@@ -16,7 +16,10 @@ use gpt2q::tokenizer::Utf8Stream;
 
 fn main() -> gpt2q::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = PathBuf::from(args.next().unwrap_or_else(|| "models/tiny-gpt2-q8.g2q".into()));
+    let path = PathBuf::from(
+        args.next()
+            .unwrap_or_else(|| "models/tiny-gpt2-q8.g2q".into()),
+    );
     let prompt = args.next().unwrap_or_else(|| "Once upon a time".into());
 
     // The file is memory-mapped; the model borrows its weights from the map.
@@ -39,18 +42,29 @@ fn main() -> gpt2q::Result<()> {
     let mut text = Utf8Stream::new();
     let mut history = Vec::new();
     print!("{prompt}");
-    let stats = generate(&mut session, &mut sampler, &ids, rules, &mut history, |token| {
-        // Called once per generated token, as soon as it is sampled.
-        if token == model.hparams.eos_id {
-            return ControlFlow::Break(());
-        }
-        if let Some(bytes) = model.tokenizer.token_bytes(token) {
-            print!("{}", text.push(bytes));
-            let _ = std::io::stdout().flush();
-        }
-        ControlFlow::Continue(())
-    })?;
+    let stats = generate(
+        &mut session,
+        &mut sampler,
+        &ids,
+        rules,
+        &mut history,
+        |token| {
+            // Called once per generated token, as soon as it is sampled.
+            if token == model.hparams.eos_id {
+                return ControlFlow::Break(());
+            }
+            if let Some(bytes) = model.tokenizer.token_bytes(token) {
+                print!("{}", text.push(bytes));
+                let _ = std::io::stdout().flush();
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
     println!("{}", text.finish());
-    eprintln!("{} tokens at {:.1} tok/s", stats.generated_tokens, stats.decode_tokens_per_second());
+    eprintln!(
+        "{} tokens at {:.1} tok/s",
+        stats.generated_tokens,
+        stats.decode_tokens_per_second()
+    );
     Ok(())
 }

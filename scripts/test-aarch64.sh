@@ -26,7 +26,9 @@ fi
 cpus=("$@")
 [[ ${#cpus[@]} -gt 0 ]] || cpus=(cortex-a72 cortex-a76)
 
-export RUSTC=/usr/bin/rustc
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+# Tests that start the gpt2q binary launch it through the emulator (no binfmt_misc needed).
+export GPT2Q_TEST_RUNNER=qemu-aarch64
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/debian-cross"
 target=aarch64-unknown-linux-gnu
 /usr/bin/cargo build --release --workspace --tests --target "$target"

@@ -4,9 +4,9 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use common::{converted, ids, reference};
+use common::{converted, gpt2q_command, ids, reference};
 use gpt2q_convert::convert::Quant;
 
 fn gpt2q(args: &[&str]) -> Output {
@@ -14,10 +14,8 @@ fn gpt2q(args: &[&str]) -> Output {
 }
 
 fn gpt2q_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpt2q"))
+    let mut child = gpt2q_command()
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("GPT2Q_MODEL")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

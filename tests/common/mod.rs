@@ -80,3 +80,29 @@ pub fn floats(v: &Value) -> Vec<f32> {
 
 /// True when running for aarch64 (under qemu emulation in CI): long runs are cut short there.
 pub const EMULATED: bool = cfg!(target_arch = "aarch64");
+
+/// A `Command` for the `gpt2q` binary under test. Cross-compiled test runs (see
+/// `scripts/test-aarch64.sh`) set `GPT2Q_TEST_RUNNER` to the emulator, e.g. `qemu-aarch64`,
+/// because the kernel cannot exec a foreign binary without binfmt_misc.
+pub fn gpt2q_command() -> std::process::Command {
+    let exe = env!("CARGO_BIN_EXE_gpt2q");
+    let mut command = match std::env::var("GPT2Q_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut c = std::process::Command::new(parts.next().unwrap_or_default());
+            c.args(parts).arg(exe);
+            c
+        }
+        _ => std::process::Command::new(exe),
+    };
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("GPT2Q_MODEL");
+    command
+}
+
+/// True when the tests run under user-mode emulation, where only correctness is checked and
+/// the slowest measurements are trimmed.
+pub fn emulated() -> bool {
+    std::env::var_os("GPT2Q_TEST_RUNNER").is_some()
+}
