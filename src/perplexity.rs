@@ -152,6 +152,18 @@ fn check_windows(session: &Session<'_>, ids: &[u32], window: usize, stride: usiz
     Ok(())
 }
 
+/// [`Error::Numeric`] if a logit at token `pos` of the text is NaN or infinite: a damaged weight
+/// would otherwise turn into a NaN perplexity that looks like a result.
+fn check_finite(row: &[f32], pos: usize) -> Result<()> {
+    match row.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::Numeric(format!(
+            "logit {i} at token {pos} is {}; the model produced non-finite values (damaged weights? try gpt2q verify)",
+            row[i]
+        ))),
+    }
+}
+
 fn empty_report() -> PerplexityReport {
     PerplexityReport {
         scored_tokens: 0,
@@ -207,9 +219,11 @@ fn score(
                 if t < first_scored {
                     continue;
                 }
+                check_finite(row, start + t)?;
                 sum += nll(row, w[t + 1]);
                 if let (Some(bl), Some(cmp)) = (base_logits, cmp.as_mut()) {
                     let brow = &bl[k * n_vocab..(k + 1) * n_vocab];
+                    check_finite(brow, start + t)?;
                     base_sum += nll(brow, w[t + 1]);
                     cmp.kl.push(kl_divergence(brow, row));
                     cmp.top1_agree += usize::from(argmax(brow) == argmax(row));

@@ -146,6 +146,12 @@ fn tensor_data(spec: &TensorSpec, len: usize, seed: u64) -> Vec<u8> {
     let mut rng = Bytes(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut out = vec![0u8; len];
     match spec.dtype {
+        DType::F32 if spec.shape.len() > 1 => {
+            for c in out.chunks_exact_mut(4) {
+                let v = (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                c.copy_from_slice(&(v * 0.04).to_le_bytes());
+            }
+        }
         DType::F32 if spec.name.ends_with(".weight") => {
             for c in out.chunks_exact_mut(4) {
                 c.copy_from_slice(&1f32.to_le_bytes());
@@ -206,6 +212,58 @@ pub fn write(size: Size, dtype: DType, path: &Path) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// Hyper-parameters of [`tiny_bytes`]: 257 tokens (the bytes and `<|endoftext|>`), 8 positions,
+/// width 32 in 2 heads, one layer.
+pub fn tiny_hparams() -> HParams {
+    HParams {
+        n_vocab: 257,
+        n_ctx: 8,
+        n_embd: 32,
+        n_head: 2,
+        n_layer: 1,
+        n_inner: 64,
+        layer_norm_eps: 1e-5,
+        activation: Activation::GeluTanh,
+        bos_id: 256,
+        eos_id: 256,
+    }
+}
+
+/// A complete, valid `.g2q` file of about 20 KB with a matrix of every dtype (q8 embeddings, q4
+/// attention, f16 projection, f32 and q8 MLP) and random weights: the subject of the corruption
+/// tests and the fuzzers' seed.
+pub fn tiny_bytes() -> Result<Vec<u8>> {
+    let hp = tiny_hparams();
+    let mut section = Vec::new();
+    placeholder_tokenizer(hp.n_vocab)?.write_section(&mut section);
+    let matrix_dtype = |name: &str| match name {
+        n if n.ends_with("c_attn.weight") => DType::Q4,
+        n if n.ends_with("attn.c_proj.weight") => DType::F16,
+        n if n.ends_with("c_fc.weight") => DType::F32,
+        _ => DType::Q8,
+    };
+    let specs: Vec<TensorSpec> = specs(&hp, DType::Q8)
+        .into_iter()
+        .map(|s| match s.shape.len() {
+            2 if s.name != "wpe.weight" => TensorSpec {
+                dtype: matrix_dtype(&s.name),
+                ..s
+            },
+            _ => s,
+        })
+        .collect();
+    let meta = vec![("source".to_string(), "tiny synthetic model".to_string())];
+    let writer = ModelWriter::new(hp, meta, section, specs)?;
+    writer.write_to_vec(|i, entry| {
+        let spec = TensorSpec {
+            name: entry.name.clone(),
+            dtype: entry.dtype,
+            shape: entry.shape.clone(),
+        };
+        Ok(tensor_data(&spec, entry.len as usize, i as u64 + 1))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +284,18 @@ mod tests {
         drop(model);
         drop(file);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn tiny_model_loads_verifies_and_runs() {
+        let bytes = tiny_bytes().unwrap();
+        assert!(bytes.len() < 32 * 1024, "{} bytes", bytes.len());
+        let file = ModelFile::from_bytes(&bytes);
+        let model = Model::load(&file, true).unwrap();
+        let mut session = Session::new(&model, 8).unwrap();
+        let logits = session.prefill(&[1, 2, 256]).unwrap();
+        assert_eq!(logits.len(), 257);
+        assert!(logits.iter().all(|v| v.is_finite()));
     }
 
     #[test]

@@ -159,8 +159,60 @@ fn prompt_longer_than_the_context_is_refused() {
     assert_fails(
         &gpt2q(&["run", "-p", &long, "--ctx", "16"]),
         2,
-        "more than the context",
+        "more than the context of 16 (--truncate-prompt",
     );
+}
+
+#[test]
+fn truncate_prompt_keeps_the_last_tokens() {
+    let long = "word ".repeat(50);
+    let o = gpt2q(&[
+        "run",
+        "-p",
+        &long,
+        "--ctx",
+        "16",
+        "--truncate-prompt",
+        "-n",
+        "2",
+        "--greedy",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("dropped the first"), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.starts_with(" word word") && out.len() < long.len(),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn lossy_prompt_replaces_invalid_bytes() {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lossy-prompt.txt");
+    std::fs::write(&path, b"abc\xffdef").unwrap();
+    let p = path.to_str().unwrap();
+    let o = gpt2q(&["run", "-f", p, "--lossy-prompt", "-n", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "abc\u{FFFD}def\n");
+    assert_fails(&gpt2q(&["run", "-f", p, "-n", "0"]), 2, "--lossy-prompt");
+}
+
+#[test]
+fn empty_prompt_starts_from_endoftext() {
+    let empty = gpt2q(&["run", "-p", "", "-n", "6", "--greedy", "--ignore-eos"]);
+    let eot = gpt2q(&[
+        "run",
+        "-p",
+        "<|endoftext|>",
+        "-n",
+        "6",
+        "--greedy",
+        "--ignore-eos",
+    ]);
+    assert!(empty.status.success() && eot.status.success());
+    let continuation = stdout(&eot)["<|endoftext|>".len()..].to_string();
+    assert!(continuation.trim().len() > 2, "{continuation:?}");
+    assert_eq!(stdout(&empty), continuation);
 }
 
 #[test]

@@ -85,3 +85,31 @@ fn dispatched_matmul_agrees_with_scalar_at_gpt2_xl_shapes() {
         }
     }
 }
+
+#[test]
+fn a_nan_activation_reaches_every_output_of_its_token() {
+    let (rows, cols, tokens) = (8, 64, 2);
+    for dtype in [DType::Q4, DType::Q8, DType::F16, DType::F32] {
+        let file = ModelFile::from_bytes(&encode_tensor(dtype, &random(rows * cols, 3), cols));
+        let b = file.bytes();
+        let weights = match dtype {
+            DType::F32 => Weights::F32(mmap::as_f32(b).unwrap()),
+            DType::F16 => Weights::F16(mmap::as_f16(b).unwrap()),
+            DType::Q8 => Weights::Q8(mmap::as_q8(b).unwrap()),
+            DType::Q4 => Weights::Q4(mmap::as_q4(b).unwrap()),
+        };
+        let w = Matrix::new(rows, cols, weights).unwrap();
+        let mut x = random(tokens * cols, 9);
+        x[cols + 40] = f32::NAN;
+        let mut scratch = MatmulScratch::new(cols, rows, tokens);
+        let mut y = vec![0f32; tokens * rows];
+        kernels::matmul(&w, &x, tokens, &mut y, &mut scratch);
+        let (first, second) = y.split_at(rows);
+        assert!(first.iter().all(|v| v.is_finite()), "{}", dtype.name());
+        assert!(
+            second.iter().all(|v| v.is_nan()),
+            "{}: {second:?}",
+            dtype.name()
+        );
+    }
+}

@@ -23,6 +23,12 @@ pub struct Args {
     /// Read the prompt from a file ("-" for stdin).
     #[arg(short, long)]
     file: Option<PathBuf>,
+    /// Replace invalid UTF-8 in the prompt file with U+FFFD instead of refusing it.
+    #[arg(long)]
+    lossy_prompt: bool,
+    /// Keep only the last --ctx tokens of a prompt longer than the context instead of refusing it.
+    #[arg(long)]
+    truncate_prompt: bool,
     /// Number of tokens to generate.
     #[arg(short = 'n', long, default_value_t = 128)]
     n_predict: usize,
@@ -92,13 +98,47 @@ fn read_prompt(args: &Args) -> Result<String> {
     } else {
         std::fs::read(path).map_err(|e| Error::io(path, e))?
     };
+    if args.lossy_prompt {
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
     String::from_utf8(bytes).map_err(|e| {
         Error::invalid(format!(
-            "the prompt in {} is not valid UTF-8 (bad byte at offset {})",
+            "the prompt in {} is not valid UTF-8 (bad byte at offset {}; --lossy-prompt replaces invalid bytes)",
             path.display(),
             e.utf8_error().valid_up_to()
         ))
     })
+}
+
+/// The prompt's token ids (`<|endoftext|>` alone for an empty prompt) and the text to echo. A
+/// prompt longer than `ctx` is an error unless `truncate`, which keeps its last `ctx` tokens.
+fn prompt_ids(
+    model: &Model<'_>,
+    prompt: String,
+    ctx: usize,
+    truncate: bool,
+    quiet: bool,
+) -> Result<(Vec<u32>, String)> {
+    let mut ids = model.tokenizer.encode(&prompt);
+    if ids.is_empty() {
+        ids.push(model.hparams.eos_id);
+    }
+    if ids.len() <= ctx {
+        return Ok((ids, prompt));
+    }
+    if !truncate {
+        return Err(Error::invalid(format!(
+            "the prompt is {} tokens, more than the context of {ctx} (--truncate-prompt keeps the last {ctx})",
+            ids.len()
+        )));
+    }
+    let dropped = ids.len() - ctx;
+    ids.drain(..dropped);
+    if !quiet {
+        eprintln!("gpt2q: --truncate-prompt dropped the first {dropped} prompt tokens");
+    }
+    let text = model.tokenizer.decode(&ids)?;
+    Ok((ids, text))
 }
 
 fn sampler_config(args: &Args) -> SamplerConfig {
@@ -125,10 +165,6 @@ pub fn run(args: Args) -> Result<()> {
     config.validate()?;
     let file = args.model.open()?;
     let model = Model::load(&file, args.model.verify)?;
-    let mut ids = model.tokenizer.encode(&prompt);
-    if ids.is_empty() {
-        ids.push(model.hparams.eos_id);
-    }
     let (ctx, plan) = super::info::plan(
         &model.hparams,
         file.bytes().len(),
@@ -136,12 +172,7 @@ pub fn run(args: Args) -> Result<()> {
         args.kv,
         args.mem_limit,
     )?;
-    if ids.len() > ctx {
-        return Err(Error::invalid(format!(
-            "the prompt is {} tokens, more than the context of {ctx}",
-            ids.len()
-        )));
-    }
+    let (ids, prompt) = prompt_ids(&model, prompt, ctx, args.truncate_prompt, args.quiet)?;
     let mut session = Session::with_config(&model, SessionConfig::new(ctx).with_kv(args.kv))?;
     let mut sampler = Sampler::new(config.clone(), model.hparams.n_vocab as usize)?;
     if !args.quiet {

@@ -151,6 +151,18 @@ pub fn matmul(w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut 
     matmul_with(ops(), w, x, n, y, scratch);
 }
 
+/// The activation quantisers skip NaN when taking `max |x|` (as `f32::max` does) and store it as
+/// 0, which would silently turn a NaN activation (a damaged weight upstream) into a plausible
+/// one. A block holding a NaN gets a NaN scale instead, so the fault reaches the logits, where
+/// the sampler reports it. (An infinite value already gives `0 * inf = NaN` in the dot products.)
+fn poison_nan_blocks(xs: &[f32], act: &mut [BlockQ8Act]) {
+    for (block, a) in xs.chunks_exact(QK).zip(act) {
+        if block.iter().any(|v| v.is_nan()) {
+            a.d = f32::NAN;
+        }
+    }
+}
+
 /// [`matmul`] with a given table of operations (benchmarks compare SIMD with scalar this way).
 pub fn matmul_with(
     ops: &Ops,
@@ -171,6 +183,7 @@ pub fn matmul_with(
     if matches!(w.weights, Weights::Q8(_) | Weights::Q4(_)) {
         for (xs, a) in x.chunks_exact(w.cols).zip(act.chunks_exact_mut(nb)) {
             (ops.quantize_act)(xs, a);
+            poison_nan_blocks(xs, a);
         }
     }
     let act = &*act;
