@@ -729,8 +729,29 @@ impl ModelWriter {
     /// then rename over `path`. `tensor_data(i)` must return exactly the planned bytes of tensor
     /// `i`. On any error the temporary file is removed and `path` is untouched.
     pub fn write_atomic(
+        self,
+        path: &Path,
+        tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        self.write_file(path, true, tensor_data)
+    }
+
+    /// As [`ModelWriter::write_atomic`], but never replaces an existing `path`, even one that
+    /// appears while the file is being written: the finished file is hard-linked into place, which
+    /// fails if `path` exists (on file systems without hard links, such as FAT, it checks and then
+    /// renames). An existing `path` is an [`Error::InvalidInput`].
+    pub fn write_new(
+        self,
+        path: &Path,
+        tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        self.write_file(path, false, tensor_data)
+    }
+
+    fn write_file(
         mut self,
         path: &Path,
+        replace: bool,
         mut tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
     ) -> Result<()> {
         let tmp = temp_path(path);
@@ -738,7 +759,7 @@ impl ModelWriter {
             let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             self.write_body(&mut file, &tmp, &mut tensor_data)?;
             file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+            publish(&tmp, path, replace)?;
             sync_parent_dir(path);
             Ok(())
         })();
@@ -794,6 +815,30 @@ impl ModelWriter {
         w.write_all(&header).map_err(io)?;
         w.flush().map_err(io)
     }
+}
+
+/// Moves the finished temporary file `tmp` to `path`; unless `replace`, fails rather than replace
+/// an existing `path`.
+fn publish(tmp: &Path, path: &Path, replace: bool) -> Result<()> {
+    let exists = || {
+        Error::invalid(format!(
+            "{} already exists; not replacing it",
+            path.display()
+        ))
+    };
+    if !replace {
+        match std::fs::hard_link(tmp, path) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(tmp);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists()),
+            // No hard links on this file system: check, then rename (not atomic against a racer).
+            Err(_) if path.exists() => return Err(exists()),
+            Err(_) => {}
+        }
+    }
+    std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// `dir/.name.tmp-<pid>`: same directory (so the rename is atomic), hidden, unique per process.
@@ -902,6 +947,38 @@ mod tests {
             // Alignment padding is the only part no checksum covers.
             assert!(!ok || !covered(i as u64), "flip at {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn write_new_never_replaces_and_leaves_no_temp_file() {
+        let dir = std::env::temp_dir().join(format!("gpt2q-write-new-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.g2q");
+        let _ = std::fs::remove_file(&path);
+        let writer = || {
+            let specs = vec![TensorSpec {
+                name: "a".into(),
+                dtype: DType::F32,
+                shape: vec![3],
+            }];
+            ModelWriter::new(hparams(), Vec::new(), vec![7], specs).unwrap()
+        };
+        let data = |_: usize, e: &TensorEntry| Ok(vec![1u8; e.len as usize]);
+        writer().write_new(&path, data).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        Layout::parse(&first).unwrap();
+        std::fs::write(&path, b"someone else's file").unwrap();
+        let err = writer().write_new(&path, data).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"someone else's file");
+        writer().write_atomic(&path, data).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["m.g2q"], "temporary files left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

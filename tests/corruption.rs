@@ -17,6 +17,8 @@ use gpt2q::sampler::{Sampler, SamplerConfig};
 use gpt2q::synthetic::tiny_bytes;
 use gpt2q::Error;
 
+use common::fuzz_checks::fix_checksums;
+
 /// Which part of the file a byte belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Region {
@@ -154,26 +156,6 @@ fn every_flipped_bit_is_caught_or_harmless() {
         }] += 1;
     }
     assert!(counts[..4].iter().all(|&c| c > 0), "{counts:?}");
-}
-
-/// `bytes` with the file length and the header, tokenizer and preamble checksums recomputed.
-fn fix_checksums(mut b: Vec<u8>) -> Vec<u8> {
-    let len = b.len() as u64;
-    b[48..56].copy_from_slice(&len.to_le_bytes());
-    let header_end = PREAMBLE_LEN + u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
-    if header_end <= b.len() {
-        let crc = crc32fast::hash(&b[PREAMBLE_LEN..header_end]);
-        b[16..20].copy_from_slice(&crc.to_le_bytes());
-    }
-    let off = u64::from_le_bytes(b[24..32].try_into().unwrap());
-    let n = u64::from_le_bytes(b[32..40].try_into().unwrap());
-    if off.checked_add(n).is_some_and(|end| end <= len) {
-        let crc = crc32fast::hash(&b[off as usize..(off + n) as usize]);
-        b[20..24].copy_from_slice(&crc.to_le_bytes());
-    }
-    let crc = crc32fast::hash(&b[..60]);
-    b[60..64].copy_from_slice(&crc.to_le_bytes());
-    b
 }
 
 /// Values that break lengths, counts, offsets and shapes: zero, one, off-by-one, huge.

@@ -2,6 +2,9 @@
 //! binary), and the Hugging Face reference outputs.
 #![allow(dead_code)]
 
+/// The fuzz targets' checks (also `include!`d by the fuzz crate).
+pub mod fuzz_checks;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

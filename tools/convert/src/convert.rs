@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gpt2q::format::{Activation, DType, HParams, ModelWriter, TensorSpec};
+use gpt2q::format::{Activation, DType, HParams, ModelWriter, TensorEntry, TensorSpec};
 use gpt2q::quant::{encode_tensor, QK};
 use gpt2q::tokenizer::Tokenizer;
 use gpt2q::{Error, Result};
@@ -265,11 +265,17 @@ pub fn convert(
         specs,
     )?;
     let n = planned.len();
-    writer.write_atomic(out, |i, _| {
+    let data = |i: usize, _: &TensorEntry| {
         let p = &planned[i];
         progress(i, n, &p.spec.name);
         tensor_bytes(&ckpt, p)
-    })
+    };
+    if opts.force {
+        writer.write_atomic(out, data)
+    } else {
+        // Also refuses an output that appears while we convert.
+        writer.write_new(out, data)
+    }
 }
 
 fn tensor_bytes(ckpt: &Checkpoint, p: &Planned) -> Result<Vec<u8>> {
