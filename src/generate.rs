@@ -120,10 +120,20 @@ pub fn generate(
     )
 }
 
+/// Most new tokens [`generate_with_policy`] reserves history room for up front (256 KiB of ids),
+/// so a huge `-n` cannot make it allocate gigabytes before the first token.
+pub const MAX_RESERVED_TOKENS: usize = 1 << 16;
+
+/// History room to reserve for a prompt of `prompt` tokens and up to `max_new` new ones.
+pub fn reserve_len(prompt: usize, max_new: usize) -> usize {
+    prompt.saturating_add(max_new.min(MAX_RESERVED_TOKENS))
+}
+
 /// [`generate`] with `policy` deciding what happens when the context fills.
 ///
 /// Nothing is allocated after the prompt is checked, provided `history` has room for the prompt
-/// and `rules.max_new_tokens` and the call is made on a rayon worker thread (inside
+/// and `rules.max_new_tokens` (room is reserved for at most [`MAX_RESERVED_TOKENS`] new tokens;
+/// a longer run grows `history` as it goes) and the call is made on a rayon worker thread (inside
 /// `ThreadPool::install` or `rayon::scope`): from any other thread each parallel matrix product
 /// injects a job into rayon's queue, which allocates about once per 63 products
 /// (`tests/alloc_free.rs` measures both).
@@ -154,7 +164,7 @@ pub fn generate_with_policy(
     let mut tail = keep;
     session.reset();
     history.clear();
-    history.reserve(prompt.len() + rules.max_new_tokens);
+    history.reserve(reserve_len(prompt.len(), rules.max_new_tokens));
     history.extend_from_slice(prompt);
     let start = Instant::now();
     let mut stats = GenerationStats {

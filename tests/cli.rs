@@ -131,6 +131,27 @@ fn empty_prompt_and_zero_tokens_are_fine() {
 }
 
 #[test]
+fn huge_token_counts_do_not_reserve_memory_up_front() {
+    // 10^11 tokens once made `run` reserve 400 GB of history and abort. It now runs until the
+    // context is full (--no-shift) like any other count.
+    for n in ["100000000000", "18446744073709551615"] {
+        let o = gpt2q(&[
+            "run",
+            "-p",
+            "Hello",
+            "-n",
+            n,
+            "--ctx",
+            "8",
+            "--no-shift",
+            "--greedy",
+        ]);
+        assert!(o.status.success(), "-n {n}: {}", stderr(&o));
+        assert!(stderr(&o).contains("context full"), "{}", stderr(&o));
+    }
+}
+
+#[test]
 fn bad_flags_are_usage_errors() {
     assert_fails(&gpt2q(&["run", "-p", "x", "--top-p", "0"]), 2, "--top-p");
     assert_fails(&gpt2q(&["run", "-p", "x", "--top-p", "1.5"]), 2, "--top-p");

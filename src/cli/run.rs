@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use gpt2q::generate::{generate_with_policy, ContextPolicy, StopReason, StopRules};
+use gpt2q::generate::{generate_with_policy, reserve_len, ContextPolicy, StopReason, StopRules};
 use gpt2q::kv_cache::KvType;
 use gpt2q::model::{Model, Session, SessionConfig};
 use gpt2q::sampler::{Sampler, SamplerConfig};
@@ -234,7 +234,7 @@ fn stream(
     out.write_all(prompt.as_bytes()).map_err(io)?;
     out.flush().map_err(io)?;
     let mut utf8 = Utf8Stream::new();
-    let mut history = Vec::with_capacity(ids.len() + rules.max_new_tokens);
+    let mut history = Vec::with_capacity(reserve_len(ids.len(), rules.max_new_tokens));
     let mut write_error = None;
     let eos = rules.stop_token;
     let stats = generate_with_policy(
