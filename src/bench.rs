@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::model::{Model, Session};
+use crate::kv_cache::KvType;
+use crate::model::{Model, Session, SessionConfig};
 
 /// What one benchmark configuration measured.
 #[derive(Clone, Debug)]
@@ -18,6 +19,10 @@ pub struct Measurement {
     pub prompt_tokens: usize,
     /// Single-token decode steps from an empty cache (tg), each computing every logit.
     pub gen_tokens: usize,
+    /// Context size of the session.
+    pub ctx: usize,
+    /// KV cache element type.
+    pub kv: KvType,
     /// Prefill tokens/s of each repeat.
     pub prefill_tok_s: Vec<f64>,
     /// Decode tokens/s of each repeat.
@@ -58,26 +63,44 @@ fn bench_tokens(n: usize, n_vocab: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The session a benchmark runs in (default: the smallest context, f16 cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// Context size; `None`: just enough for the prompt and the decode steps.
+    pub ctx: Option<usize>,
+    /// KV cache element type.
+    pub kv: KvType,
+}
+
 /// Runs pp (`prompt` tokens in one prefill) and tg (`gen` single-token steps from an empty
-/// cache) `repeats` times after one uncounted warm-up, on the current rayon pool.
-/// `progress(repeat)` is called before each counted repeat.
+/// cache) `repeats` times after one uncounted warm-up, on the current rayon pool, in a session
+/// sized by `cache`. `progress(repeat)` is called before each counted repeat.
 pub fn measure(
     model: &Model<'_>,
     prompt: usize,
     gen: usize,
     repeats: usize,
+    cache: CacheSpec,
     mut progress: impl FnMut(usize),
 ) -> Result<Measurement> {
     if prompt == 0 && gen == 0 {
         return Err(Error::invalid("nothing to measure: -p and -n are both 0"));
     }
-    let ctx = prompt.max(gen).max(1);
-    let mut session = Session::new(model, ctx)?;
+    let needed = prompt.max(gen).max(1);
+    let ctx = cache.ctx.unwrap_or(needed);
+    if ctx < needed {
+        return Err(Error::invalid(format!(
+            "--ctx {ctx} is smaller than -p/-n ({needed} tokens)"
+        )));
+    }
+    let mut session = Session::with_config(model, SessionConfig::new(ctx).with_kv(cache.kv))?;
     let tokens = bench_tokens(ctx, model.hparams.n_vocab);
     let mut m = Measurement {
         threads: rayon::current_num_threads(),
         prompt_tokens: prompt,
         gen_tokens: gen,
+        ctx,
+        kv: cache.kv,
         prefill_tok_s: Vec::new(),
         decode_tok_s: Vec::new(),
         step_ms: Vec::new(),

@@ -62,6 +62,8 @@ pub enum StopReason {
     ContextFull,
     /// The callback asked to stop.
     Callback,
+    /// A stop string ([`StopText`]) appeared in the output.
+    StopString,
 }
 
 /// Timings and counts of one generation.
@@ -213,4 +215,91 @@ pub fn generate_with_policy(
     }
     stats.decode_time = decode_start.elapsed();
     Ok(stats)
+}
+
+/// Watches streamed output for a stop string (e.g. `"\n"`), holding back bytes that could be the
+/// start of it so that it never reaches the output. Its buffer is sized once; pushing a token
+/// allocates only if a single token is longer than that (GPT-2's are far shorter).
+#[derive(Clone, Debug)]
+pub struct StopText {
+    stop: Vec<u8>,
+    pending: Vec<u8>,
+}
+
+impl StopText {
+    /// A matcher for `stop` (not empty).
+    pub fn new(stop: &str) -> Result<Self> {
+        if stop.is_empty() {
+            return Err(Error::invalid("the stop string is empty"));
+        }
+        Ok(StopText {
+            stop: stop.as_bytes().to_vec(),
+            pending: Vec::with_capacity(stop.len() + 1024),
+        })
+    }
+
+    /// Appends a token's bytes and passes `emit` every byte now known not to be part of the stop
+    /// string. Returns true when the stop string is complete: the bytes before it have been
+    /// emitted and the rest is dropped.
+    pub fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(&[u8])) -> bool {
+        self.pending.extend_from_slice(bytes);
+        let n = self.stop.len();
+        if let Some(i) = self.pending.windows(n).position(|w| w == self.stop) {
+            emit(&self.pending[..i]);
+            self.pending.clear();
+            return true;
+        }
+        // The longest tail of `pending` that begins the stop string must wait for more bytes.
+        let held = (1..n.min(self.pending.len() + 1))
+            .rev()
+            .find(|&k| self.pending.ends_with(&self.stop[..k]))
+            .unwrap_or(0);
+        let ready = self.pending.len() - held;
+        emit(&self.pending[..ready]);
+        self.pending.copy_within(ready.., 0);
+        self.pending.truncate(held);
+        false
+    }
+
+    /// Hands back the held bytes (the output ended without the stop string) and empties the buffer.
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        emit(&self.pending);
+        self.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopText;
+
+    fn run(stop: &str, pieces: &[&str]) -> (String, bool) {
+        let mut s = StopText::new(stop).unwrap();
+        let mut out = Vec::new();
+        for p in pieces {
+            if s.push(p.as_bytes(), |b| out.extend_from_slice(b)) {
+                return (String::from_utf8(out).unwrap(), true);
+            }
+        }
+        s.finish(|b| out.extend_from_slice(b));
+        (String::from_utf8(out).unwrap(), false)
+    }
+
+    #[test]
+    fn stop_string_split_across_tokens_is_never_emitted() {
+        assert_eq!(
+            run("User:", &["Hi there", " Us", "er", ": more"]),
+            ("Hi there ".into(), true)
+        );
+        assert_eq!(run("\n", &[" Paris", "\n", "Q"]), (" Paris".into(), true));
+    }
+
+    #[test]
+    fn false_starts_are_released() {
+        assert_eq!(
+            run("User:", &["a Us", "ed", " it"]),
+            ("a Used it".into(), false)
+        );
+        assert_eq!(run("ab", &["xa"]), ("xa".into(), false));
+        assert!(StopText::new("").is_err());
+    }
 }

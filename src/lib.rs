@@ -3,10 +3,12 @@
 //! The data path, one module per step:
 //! file ([`format`]) → mmap ([`mmap`]) → [`model::Model`] (borrowed tensors, [`tensor`]) →
 //! [`model::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
-//! tokens → text ([`tokenizer`]). Block formats for quantised weights live in [`quant`].
+//! tokens → text ([`tokenizer`]). On top: the generation loop ([`generate`]), multi-turn chat
+//! ([`chat`]) and zero-shot task prompts ([`task`]). Block formats for quantised weights live in [`quant`].
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod chat;
 pub mod error;
 pub mod format;
 pub mod generate;
@@ -18,6 +20,7 @@ pub mod perplexity;
 pub mod quant;
 pub mod sampler;
 pub mod synthetic;
+pub mod task;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -398,3 +398,62 @@ fn bench_synthetic_table_has_a_row_per_quant() {
         "unknown model size",
     );
 }
+
+#[test]
+fn run_task_presets_work_end_to_end() {
+    let o = gpt2q(&[
+        "run",
+        "--task",
+        "summarize",
+        "-p",
+        "The city council met on Monday to discuss the new park. Residents asked for more trees.",
+        "-n",
+        "8",
+        "--seed",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Only the answer is printed, not the few-shot scaffolding.
+    assert!(!stdout(&o).contains("TL;DR:"), "{}", stdout(&o));
+    let o = gpt2q(&["run", "--task", "qa", "-p", "What is the capital of Italy?"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let answer = stdout(&o);
+    assert!(!answer.contains("Q:"), "{answer}");
+    assert_eq!(answer.matches('\n').count(), 1, "one line: {answer:?}");
+    assert_fails(
+        &gpt2q(&["run", "--task", "poem", "-p", "x"]),
+        2,
+        "unknown task",
+    );
+    assert_fails(
+        &gpt2q(&["run", "--stop", r"\q", "-p", "x"]),
+        2,
+        "unknown escape",
+    );
+}
+
+#[test]
+fn bench_ctx_and_kv_are_reported() {
+    let o = gpt2q(&[
+        "bench", "-p", "8", "-n", "8", "-r", "1", "-t", "1", "--ctx", "64", "--kv", "q8",
+        "--format", "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    let r = &v["results"][0];
+    assert_eq!(
+        (r["ctx"].as_u64(), r["kv"].as_str()),
+        (Some(64), Some("q8"))
+    );
+    let o = gpt2q(&[
+        "bench", "-p", "8", "-n", "8", "-r", "1", "-t", "1", "--format", "csv",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(",8,8,8,f16,"), "{}", stdout(&o));
+    assert_fails(
+        &gpt2q(&["bench", "-p", "8", "--ctx", "4"]),
+        2,
+        "smaller than",
+    );
+    assert_fails(&gpt2q(&["bench", "--kv", "f8"]), 2, "f8");
+}

@@ -4,9 +4,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gpt2q::bench::{self, Machine, Measurement};
+use gpt2q::bench::{self, CacheSpec, Machine, Measurement};
 use gpt2q::format::DType;
 use gpt2q::kernels;
+use gpt2q::kv_cache::KvType;
 use gpt2q::mmap::ModelFile;
 use gpt2q::model::Model;
 use gpt2q::synthetic::{self, Size};
@@ -32,6 +33,13 @@ pub struct Args {
     /// Decode steps from an empty cache, each computing all logits (tg).
     #[arg(short = 'n', long, default_value_t = 128)]
     n_gen: usize,
+    /// Context size of the benchmark session (default: just enough for -p and -n). A larger
+    /// context allocates a larger KV cache; pp and tg still start from an empty cache.
+    #[arg(short, long)]
+    ctx: Option<usize>,
+    /// KV cache element type: f32, f16 or q8.
+    #[arg(long, default_value = "f16")]
+    kv: KvType,
     /// Counted repeats per configuration (after one warm-up).
     #[arg(short, long, default_value_t = 3)]
     repeat: usize,
@@ -182,7 +190,11 @@ fn bench_file(
     let quant = model.meta("quant").unwrap_or("?").to_string();
     for (&t, &(_, gbs)) in threads.iter().zip(membw) {
         let m = pool(t)?.install(|| {
-            bench::measure(&model, args.n_prompt, args.n_gen, args.repeat, |r| {
+            let cache = CacheSpec {
+                ctx: args.ctx,
+                kv: args.kv,
+            };
+            bench::measure(&model, args.n_prompt, args.n_gen, args.repeat, cache, |r| {
                 progress(&format!("{label} {quant} t={t} repeat {r}/{}", args.repeat))
             })
         })?;
@@ -275,8 +287,8 @@ fn print_table(before: &Machine, after: &Machine, rows: &[Row]) {
     if let (Some(r), Some(rss)) = (rows.first(), bench::peak_rss_bytes()) {
         println!();
         println!(
-            "pp = {} prompt tokens in one batch; tg = {} decode steps from an empty cache (all logits); medians ± half-range over repeats",
-            r.m.prompt_tokens, r.m.gen_tokens
+            "pp = {} prompt tokens in one batch; tg = {} decode steps from an empty cache (all logits); ctx {}, KV {}; medians ± half-range over repeats",
+            r.m.prompt_tokens, r.m.gen_tokens, r.m.ctx, r.m.kv
         );
         println!(
             "weights streamed per token: {:.1} MiB; peak RSS: {:.1} MiB",
@@ -310,7 +322,7 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
         .map(|r| {
             format!(
                 concat!(
-                    "{{\"model\":{},\"quant\":{},\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},",
+                    "{{\"model\":{},\"quant\":{},\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"ctx\":{},\"kv\":{},",
                     "\"prefill_tok_s\":{:.3},\"prefill_tok_s_spread\":{:.3},\"decode_tok_s\":{:.3},\"decode_tok_s_spread\":{:.3},",
                     "\"ms_per_token_p50\":{:.4},\"ms_per_token_p90\":{:.4},\"ms_per_token_p99\":{:.4},\"ttft_ms\":{:.3},",
                     "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"roofline_pct\":{:.2}}}"
@@ -320,6 +332,8 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
                 r.m.threads,
                 r.m.prompt_tokens,
                 r.m.gen_tokens,
+                r.m.ctx,
+                json_str(r.m.kv.name()),
                 bench::median(&r.m.prefill_tok_s),
                 spread(&r.m.prefill_tok_s),
                 r.decode(),
@@ -351,15 +365,17 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
 }
 
 fn print_csv(rows: &[Row]) {
-    println!("model,quant,threads,prompt_tokens,gen_tokens,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct");
+    println!("model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct");
     for r in rows {
         println!(
-            "{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2}",
+            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2}",
             r.model.replace(',', " "),
             r.quant,
             r.m.threads,
             r.m.prompt_tokens,
             r.m.gen_tokens,
+            r.m.ctx,
+            r.m.kv,
             bench::median(&r.m.prefill_tok_s),
             r.decode(),
             bench::percentile(&r.m.step_ms, 50.0),

@@ -2,7 +2,9 @@
 //! prints lives here; the library never prints or exits.
 
 mod bench;
+mod chat;
 mod info;
+mod options;
 mod perplexity;
 mod run;
 mod tokenize;
@@ -26,6 +28,8 @@ pub struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Run(run::Args),
+    /// Talk to the model, one line per turn, keeping the context between turns.
+    Chat(chat::Args),
     /// Print the token ids (and pieces) of a text.
     Tokenize(tokenize::Args),
     /// Score a text file: mean negative log-likelihood and perplexity.
@@ -48,6 +52,7 @@ struct VerifyArgs {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Info(a) => info::run(a),

@@ -4,13 +4,16 @@ use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use gpt2q::generate::{generate_with_policy, reserve_len, ContextPolicy, StopReason, StopRules};
-use gpt2q::kv_cache::KvType;
+use gpt2q::generate::{
+    generate_with_policy, reserve_len, ContextPolicy, StopReason, StopRules, StopText,
+};
 use gpt2q::model::{Model, Session, SessionConfig};
-use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::sampler::Sampler;
+use gpt2q::task::{Task, TaskDefaults};
 use gpt2q::tokenizer::Utf8Stream;
 use gpt2q::{Error, Result};
 
+use super::options::{unescape, ContextArgs, SamplingArgs};
 use super::ModelArgs;
 
 #[derive(clap::Args, Debug)]
@@ -29,54 +32,26 @@ pub struct Args {
     /// Keep only the last --ctx tokens of a prompt longer than the context instead of refusing it.
     #[arg(long)]
     truncate_prompt: bool,
-    /// Number of tokens to generate.
-    #[arg(short = 'n', long, default_value_t = 128)]
-    n_predict: usize,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
-    temperature: f32,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Drop tokens less likely than P times the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// Penalise tokens seen in the last --repeat-last-n tokens (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at.
-    #[arg(long, default_value_t = 64)]
-    repeat_last_n: usize,
-    /// Random seed (default: from the clock; printed to stderr so a run can be repeated).
-    #[arg(short, long)]
-    seed: Option<u64>,
-    /// Always pick the most likely token.
-    #[arg(long)]
-    greedy: bool,
+    /// Number of tokens to generate [default: 128, or the task's].
+    #[arg(short = 'n', long)]
+    n_predict: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    context: ContextArgs,
     /// Keep generating after <|endoftext|>.
     #[arg(long)]
     ignore_eos: bool,
-    /// Context size in tokens (default: the model's maximum, capped to what fits --mem-limit).
-    /// When it fills, the context shifts (see --keep).
-    #[arg(short, long)]
-    ctx: Option<usize>,
-    /// KV cache element type: f32, f16 (half the memory) or q8 (about a quarter).
-    #[arg(long, default_value = "f16")]
-    kv: KvType,
-    /// When the context is full, keep the first K tokens, drop the oldest half of the rest and
-    /// re-run the remainder at their new positions.
-    #[arg(long, default_value_t = 0)]
-    keep: usize,
     /// Stop when the context is full instead of shifting it.
     #[arg(long)]
     no_shift: bool,
-    /// Refuse to start if weights + KV cache + scratch exceed this (e.g. 300M; K, M, G are
-    /// powers of 1024), saying what would fit.
-    #[arg(long, value_parser = super::info::parse_bytes)]
-    mem_limit: Option<usize>,
+    /// Stop when the output contains this text (not printed; escapes \n, \t, \\).
+    #[arg(long)]
+    stop: Option<String>,
+    /// Wrap the input in a zero-shot prompt from the GPT-2 paper: summarize, translate
+    /// (English to French) or qa. Only the answer is printed.
+    #[arg(long)]
+    task: Option<Task>,
     /// Print the peak resident memory (Linux VmHWM) on stderr at the end (for tests).
     #[arg(long, hide = true)]
     print_peak_rss: bool,
@@ -141,71 +116,62 @@ fn prompt_ids(
     Ok((ids, text))
 }
 
-fn sampler_config(args: &Args) -> SamplerConfig {
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
-    let temperature = if args.greedy { 0.0 } else { args.temperature };
-    SamplerConfig {
-        temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repetition_penalty: args.repeat_penalty,
-        repeat_last_n: args.repeat_last_n,
-        seed,
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
-    let prompt = read_prompt(&args)?;
-    let config = sampler_config(&args);
-    config.validate()?;
+    let input = read_prompt(&args)?;
+    let preset = args.task.map(Task::defaults);
+    let config = args.sampling.config(
+        preset.and_then(|p| p.top_k),
+        preset.is_some_and(|p| p.greedy),
+    )?;
+    let prompt = args
+        .task
+        .map_or_else(|| input.clone(), |t| t.prompt(&input));
+    let stop = stop_text(&args, preset)?;
     let file = args.model.open()?;
     let model = Model::load(&file, args.model.verify)?;
+    let ctx_args = &args.context;
     let (ctx, plan) = super::info::plan(
         &model.hparams,
         file.bytes().len(),
-        args.ctx,
-        args.kv,
-        args.mem_limit,
+        ctx_args.ctx,
+        ctx_args.kv,
+        ctx_args.mem_limit,
     )?;
     let (ids, prompt) = prompt_ids(&model, prompt, ctx, args.truncate_prompt, args.quiet)?;
-    let mut session = Session::with_config(&model, SessionConfig::new(ctx).with_kv(args.kv))?;
+    let mut session = Session::with_config(&model, SessionConfig::new(ctx).with_kv(ctx_args.kv))?;
     let mut sampler = Sampler::new(config.clone(), model.hparams.n_vocab as usize)?;
     if !args.quiet {
         eprintln!(
             "gpt2q: {} prompt tokens, ctx {ctx}, KV {}, {:.1} MiB planned, seed {}",
             ids.len(),
-            args.kv,
+            ctx_args.kv,
             plan.total() as f64 / (1024.0 * 1024.0),
             config.seed
         );
     }
-    let rules = StopRules {
-        max_new_tokens: args.n_predict,
-        stop_token: (!args.ignore_eos).then_some(model.hparams.eos_id),
-    };
-    let policy = if args.no_shift {
-        ContextPolicy::Stop
-    } else {
-        ContextPolicy::Shift { keep: args.keep }
+    let job = Job {
+        ids: &ids,
+        // A task's few-shot prompt is scaffolding: print only the answer.
+        echo: if args.task.is_some() { "" } else { &prompt },
+        rules: StopRules {
+            max_new_tokens: args
+                .n_predict
+                .or(preset.map(|p| p.max_new_tokens))
+                .unwrap_or(DEFAULT_N_PREDICT),
+            stop_token: (!args.ignore_eos).then_some(model.hparams.eos_id),
+        },
+        policy: if args.no_shift {
+            ContextPolicy::Stop
+        } else {
+            ContextPolicy::Shift {
+                keep: ctx_args.keep.unwrap_or(0),
+            }
+        },
+        stop,
     };
     // Generate on a worker of the thread pool: called from outside it, every parallel matrix
     // product would inject a job into rayon's queue, which allocates (a block per 63 jobs).
-    let stats = rayon::scope(|_| {
-        stream(
-            &model,
-            &mut session,
-            &mut sampler,
-            &ids,
-            &prompt,
-            rules,
-            policy,
-        )
-    })?;
+    let stats = rayon::scope(|_| stream(&model, &mut session, &mut sampler, job))?;
     if !args.quiet {
         report(&stats);
     }
@@ -218,53 +184,105 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Generates, writing the prompt and then each token's text to stdout as soon as it is complete UTF-8.
+/// Tokens generated when neither -n nor a task says how many.
+const DEFAULT_N_PREDICT: usize = 128;
+
+/// The stop string: --stop, else the task's.
+fn stop_text(args: &Args, preset: Option<TaskDefaults>) -> Result<Option<StopText>> {
+    let stop = match &args.stop {
+        Some(s) => Some(unescape("--stop", s)?),
+        None => preset.and_then(|p| p.stop).map(str::to_owned),
+    };
+    stop.as_deref().map(StopText::new).transpose()
+}
+
+/// What one generation runs and how it ends.
+struct Job<'a> {
+    ids: &'a [u32],
+    echo: &'a str,
+    rules: StopRules,
+    policy: ContextPolicy,
+    stop: Option<StopText>,
+}
+
+/// Streams text to stdout as soon as it is complete UTF-8, remembering the first write error.
+struct Sink<'a> {
+    out: std::io::StdoutLock<'a>,
+    utf8: Utf8Stream,
+    error: Option<std::io::Error>,
+}
+
+impl Sink<'_> {
+    fn write(&mut self, bytes: &[u8]) {
+        let text = self.utf8.push(bytes);
+        if let Err(e) = self
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|_| self.out.flush())
+        {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        let io = |e| Error::io("<stdout>", e);
+        if let Some(e) = self.error.take() {
+            return Err(io(e));
+        }
+        let tail = self.utf8.finish();
+        self.out.write_all(tail.as_bytes()).map_err(io)?;
+        self.out.write_all(b"\n").map_err(io)?;
+        self.out.flush().map_err(io)
+    }
+}
+
+/// Generates, writing the prompt and then each token's text to stdout as soon as it is complete
+/// UTF-8 (and not possibly the start of the stop string).
 fn stream(
     model: &Model<'_>,
     session: &mut Session<'_>,
     sampler: &mut Sampler,
-    ids: &[u32],
-    prompt: &str,
-    rules: StopRules,
-    policy: ContextPolicy,
+    mut job: Job<'_>,
 ) -> Result<gpt2q::generate::GenerationStats> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let io = |e| Error::io("<stdout>", e);
-    out.write_all(prompt.as_bytes()).map_err(io)?;
-    out.flush().map_err(io)?;
-    let mut utf8 = Utf8Stream::new();
-    let mut history = Vec::with_capacity(reserve_len(ids.len(), rules.max_new_tokens));
-    let mut write_error = None;
-    let eos = rules.stop_token;
-    let stats = generate_with_policy(
+    let mut sink = Sink {
+        out: std::io::stdout().lock(),
+        utf8: Utf8Stream::new(),
+        error: None,
+    };
+    sink.write(job.echo.as_bytes());
+    let mut history = Vec::with_capacity(reserve_len(job.ids.len(), job.rules.max_new_tokens));
+    let mut stopped = false;
+    let eos = job.rules.stop_token;
+    let mut stats = generate_with_policy(
         session,
         sampler,
-        ids,
-        rules,
-        policy,
+        job.ids,
+        job.rules,
+        job.policy,
         &mut history,
         |token| {
             if Some(token) == eos {
                 return ControlFlow::Continue(());
             }
             let bytes = model.tokenizer.token_bytes(token).unwrap_or(&[]);
-            let text = utf8.push(bytes);
-            match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(e) => {
-                    write_error = Some(e);
-                    ControlFlow::Break(())
-                }
+            match &mut job.stop {
+                Some(stop) => stopped = stop.push(bytes, |b| sink.write(b)),
+                None => sink.write(bytes),
+            }
+            if stopped || sink.error.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
         },
     )?;
-    if let Some(e) = write_error {
-        return Err(io(e));
+    if let Some(stop) = &mut job.stop {
+        stop.finish(|b| sink.write(b));
     }
-    out.write_all(utf8.finish().as_bytes()).map_err(io)?;
-    out.write_all(b"\n").map_err(io)?;
-    out.flush().map_err(io)?;
+    if stopped {
+        stats.stop = StopReason::StopString;
+    }
+    sink.finish()?;
     Ok(stats)
 }
 
@@ -274,6 +292,7 @@ fn report(stats: &gpt2q::generate::GenerationStats) {
         StopReason::EndOfText => "<|endoftext|>",
         StopReason::ContextFull => "context full",
         StopReason::Callback => "output closed",
+        StopReason::StopString => "stop string",
     };
     eprintln!(
         "gpt2q: prompt {} tokens at {:.1} tok/s; generated {} tokens at {:.1} tok/s; stopped at {why}",

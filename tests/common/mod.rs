@@ -81,8 +81,8 @@ pub fn floats(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-/// True when running for aarch64 (under qemu emulation in CI): long runs are cut short there.
-pub const EMULATED: bool = cfg!(target_arch = "aarch64");
+/// True when running for aarch64 or 32-bit ARM (under qemu emulation in CI): long runs are cut short there.
+pub const EMULATED: bool = cfg!(any(target_arch = "aarch64", target_arch = "arm"));
 
 /// A `Command` for the `gpt2q` binary under test. Cross-compiled test runs (see
 /// `scripts/test-aarch64.sh`) set `GPT2Q_TEST_RUNNER` to the emulator, e.g. `qemu-aarch64`,
