@@ -452,6 +452,9 @@ unsafe fn quad_w_scales<W: HasF16Scale>(w: &[W]) -> __m128 {
 
 /// One block column `b` of a tile: `acc[r][t] += d_w · d_x · (exact block dot)`, with `dw[r]`
 /// the rows' scales of this block in all lanes.
+// Index loops over small const-size arrays: iterator adaptors would add closures that are not
+// compiled for AVX2 (see `tile_block`).
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn tile_block<F: TileFormat, const R: usize, const T: usize>(
     w: &[&[F::W]; R],
@@ -478,6 +481,9 @@ unsafe fn tile_block<F: TileFormat, const R: usize, const T: usize>(
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; every slice holds at least `nb` blocks.
+// Index loops over small const-size arrays: iterator adaptors would add closures that are not
+// compiled for AVX2 (see `tile_block`).
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn tile<F: TileFormat, const R: usize, const T: usize>(
     w: [&[F::W]; R],

@@ -493,6 +493,8 @@ unsafe fn w_scales4<W: Scaled>(w: &[W], b: usize) -> float32x4_t {
 ///
 /// # Safety
 /// The CPU must have the features `K` uses; every slice holds at least `nb` blocks.
+// Index loops over the R × T accumulators and the tile's rows and tokens together.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn tile<K: BlockDot, const R: usize, const T: usize>(
     w: [&[K::W]; R],
