@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the matrix kernels at GPT-2 124M and 1.5B shapes: the dispatched
 //! (SIMD) table against the scalar twins, for decode (one token) and prefill (a batch of 32).
 //! Throughput is reported as bytes of weights streamed per second; GFLOP/s = 2·rows·cols·tokens
-//! per iteration divided by the time.
+//! per iteration divided by the time. The `tile` group times the tile kernels alone.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gpt2q::format::DType;
@@ -79,5 +79,38 @@ fn prefill(c: &mut Criterion) {
     bench_matmul(c, 32);
 }
 
-criterion_group!(benches, decode, prefill);
+/// The tile kernels alone (`Ops::matmul_q8` / `matmul_q4`, no activation quantisation, one
+/// thread) on a 124M-shaped matrix with 64 tokens, SIMD against scalar.
+fn tiles(c: &mut Criterion) {
+    let (rows, cols, tokens) = (768, 768, 64);
+    let nb = cols / 32;
+    let x = random(tokens * cols, 5);
+    let mut act = vec![gpt2q::quant::BlockQ8Act::default(); tokens * nb];
+    kernels::scalar::quantize_act(&x, &mut act);
+    let mut y = vec![0f32; rows * tokens];
+    let tables: [(&str, Ops); 2] = [
+        (kernels::path().name(), *kernels::ops()),
+        ("scalar", kernels::scalar::ops()),
+    ];
+    let mut group = c.benchmark_group("tile 768x768 x64");
+    group.sample_size(10);
+    let f8 = weights(DType::Q8, rows, cols);
+    let f4 = weights(DType::Q4, rows, cols);
+    let (w8, w4) = (
+        mmap::as_q8(f8.bytes()).unwrap(),
+        mmap::as_q4(f4.bytes()).unwrap(),
+    );
+    group.throughput(Throughput::Elements((rows * cols * tokens) as u64));
+    for (path, ops) in &tables {
+        group.bench_function(BenchmarkId::new(*path, "q8"), |b| {
+            b.iter(|| (ops.matmul_q8)(w8, &act, nb, &mut y))
+        });
+        group.bench_function(BenchmarkId::new(*path, "q4"), |b| {
+            b.iter(|| (ops.matmul_q4)(w4, &act, nb, &mut y))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, prefill, tiles);
 criterion_main!(benches);

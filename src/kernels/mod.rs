@@ -70,6 +70,26 @@ pub struct Ops {
     pub dot_f16: fn(w: &[f16], x: &[f32]) -> f32,
     /// `Σ a[i] · b[i]`.
     pub dot_f32: fn(a: &[f32], b: &[f32]) -> f32,
+    /// Many rows against many tokens: with `w` holding `rows` rows and `x` holding `n` tokens
+    /// of `nb` blocks each, `out[r · n + t]` = [`Ops::dot_q8`] of row `r` and token `t` (the
+    /// same exact integer block sums; only the float summation order may differ). SIMD tables
+    /// compute several rows × tokens per pass so each loaded block serves several products.
+    pub matmul_q8: fn(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]),
+    /// [`Ops::matmul_q8`] for q4 weights (each product as [`Ops::dot_q4`]).
+    pub matmul_q4: fn(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]),
+}
+
+/// Checks the shapes of a [`Ops::matmul_q8`] / [`Ops::matmul_q4`] call and returns
+/// `(rows, tokens)`. Panics on a mismatch (a bug in the caller, never user input).
+pub fn tile_shape(w_blocks: usize, x_blocks: usize, nb: usize, out_len: usize) -> (usize, usize) {
+    assert!(nb > 0, "matmul: zero-width rows");
+    assert!(
+        w_blocks % nb == 0 && x_blocks % nb == 0,
+        "matmul: blocks not a multiple of the row width"
+    );
+    let (rows, n) = (w_blocks / nb, x_blocks / nb);
+    assert_eq!(out_len, rows * n, "matmul: output length");
+    (rows, n)
 }
 
 /// The table for this CPU (detected once), or the scalar one if `GPT2Q_KERNELS=scalar`.
@@ -194,16 +214,14 @@ pub fn matmul_with(
     } else {
         &mut scratch.out_t[..n * w.rows]
     };
-    rows_parallel(w, n, out, |part, ys| {
-        for r in 0..part.rows {
-            for t in 0..n {
-                let xs = &x[t * w.cols..(t + 1) * w.cols];
-                let a = if act.is_empty() {
-                    act
-                } else {
-                    &act[t * nb..(t + 1) * nb]
-                };
-                ys[r * n + t] = dot_row(ops, part, r, xs, a);
+    rows_parallel(w, n, out, |part, ys| match part.weights {
+        Weights::Q8(wb) => tiled(ops.matmul_q8, wb, act, nb, n, ys),
+        Weights::Q4(wb) => tiled(ops.matmul_q4, wb, act, nb, n, ys),
+        Weights::F32(_) | Weights::F16(_) => {
+            for r in 0..part.rows {
+                for (t, xs) in x.chunks_exact(w.cols).enumerate() {
+                    ys[r * n + t] = dot_row(ops, part, r, xs);
+                }
             }
         }
     });
@@ -217,17 +235,43 @@ pub fn matmul_with(
     }
 }
 
-/// Dot product of row `r` of `part` with one token's input (`act` holds it quantised when the
-/// weights are).
+/// Float dot product of row `r` of `part` with one token's input (quantised weights go through
+/// [`tiled`] instead).
 #[inline]
-fn dot_row(ops: &Ops, part: &Matrix<'_>, r: usize, x: &[f32], act: &[BlockQ8Act]) -> f32 {
+fn dot_row(ops: &Ops, part: &Matrix<'_>, r: usize, x: &[f32]) -> f32 {
     let cols = part.cols;
-    let nb = cols / QK;
     match part.weights {
         Weights::F32(w) => (ops.dot_f32)(&w[r * cols..(r + 1) * cols], x),
         Weights::F16(w) => (ops.dot_f16)(&w[r * cols..(r + 1) * cols], x),
-        Weights::Q8(w) => (ops.dot_q8)(&w[r * nb..(r + 1) * nb], act),
-        Weights::Q4(w) => (ops.dot_q4)(&w[r * nb..(r + 1) * nb], act),
+        Weights::Q8(_) | Weights::Q4(_) => unreachable!("quantised rows go through `tiled`"),
+    }
+}
+
+/// Bytes of weights a batch works on at a time: the rows stay in L2 while every token of the
+/// batch passes over them.
+const TILE_WEIGHT_BYTES: usize = 96 << 10;
+
+/// Runs a `matmul_q8`/`matmul_q4` kernel over `w` (rows of `nb` blocks) and `n` tokens of `act`
+/// into `ys` (`(rows, n)`), a few rows at a time so a batch reuses them from cache.
+fn tiled<W>(
+    kernel: fn(&[W], &[BlockQ8Act], usize, &mut [f32]),
+    w: &[W],
+    act: &[BlockQ8Act],
+    nb: usize,
+    n: usize,
+    ys: &mut [f32],
+) {
+    if nb == 0 {
+        ys.fill(0.0);
+        return;
+    }
+    let rows = if n == 1 {
+        w.len() / nb
+    } else {
+        (TILE_WEIGHT_BYTES / (nb * std::mem::size_of::<W>())).max(4) / 4 * 4
+    };
+    for (wc, yc) in w.chunks(rows * nb).zip(ys.chunks_mut(rows * n)) {
+        kernel(wc, act, nb, yc);
     }
 }
 
@@ -295,4 +339,203 @@ pub use scalar::{add_assign, axpy, gelu_erf, gelu_tanh, softmax};
 pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
     assert!(x.len() == weight.len() && x.len() == bias.len() && x.len() == out.len());
     scalar::layer_norm(x, weight, bias, eps, out);
+}
+
+#[cfg(test)]
+mod tests {
+    //! The dispatched tile products against their scalar twins, on whatever CPU runs the tests
+    //! (AVX2 here, NEON or NEON+dotprod under emulation).
+    use super::*;
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn i8(&mut self) -> i8 {
+            self.next() as i8
+        }
+        fn scale(&mut self) -> f32 {
+            (self.next() % 1000) as f32 / 1000.0 * 0.05 + 1e-4
+        }
+    }
+
+    /// Weight and activation blocks: random, or every value at its extreme (`edge`).
+    fn q8(rng: &mut Rng, n: usize, edge: bool) -> Vec<BlockQ8> {
+        (0..n)
+            .map(|i| BlockQ8 {
+                d: f16::from_f32(if edge { 65504.0 / 4096.0 } else { rng.scale() }),
+                qs: std::array::from_fn(|j| {
+                    if edge {
+                        if (i + j) % 3 == 0 {
+                            -127
+                        } else {
+                            127
+                        }
+                    } else {
+                        rng.i8().max(-127)
+                    }
+                }),
+            })
+            .collect()
+    }
+
+    fn q4(rng: &mut Rng, n: usize, edge: bool) -> Vec<BlockQ4> {
+        (0..n)
+            .map(|i| BlockQ4 {
+                d: f16::from_f32(if edge { 2.0 } else { rng.scale() }),
+                qs: std::array::from_fn(|j| {
+                    if edge {
+                        [0x00, 0xFF, 0x0F][(i + j) % 3]
+                    } else {
+                        rng.i8() as u8
+                    }
+                }),
+            })
+            .collect()
+    }
+
+    fn acts(rng: &mut Rng, n: usize, edge: bool) -> Vec<BlockQ8Act> {
+        (0..n)
+            .map(|i| BlockQ8Act {
+                d: if edge { 3.0 } else { rng.scale() },
+                qs: std::array::from_fn(|j| {
+                    if edge {
+                        if (i + 2 * j) % 5 == 0 {
+                            127
+                        } else {
+                            -128
+                        }
+                    } else {
+                        rng.i8()
+                    }
+                }),
+            })
+            .collect()
+    }
+
+    /// `Σ |d_w · d_x| · Σ |q_w · q_x|` of one product: the float error bound's scale.
+    fn abs_terms(dw: &[f32], wq: &[Vec<i32>], x: &[BlockQ8Act]) -> f64 {
+        dw.iter()
+            .zip(wq)
+            .zip(x)
+            .map(|((d, q), bx)| {
+                let s: i64 = q
+                    .iter()
+                    .zip(&bx.qs)
+                    .map(|(&a, &b)| (a * b as i32).abs() as i64)
+                    .sum();
+                (d * bx.d).abs() as f64 * s as f64
+            })
+            .sum()
+    }
+
+    /// (rows, tokens, blocks per row): tile remainders in every dimension, gpt2-xl widths.
+    const SHAPES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (3, 5, 3),
+        (2, 4, 4),
+        (5, 9, 5),
+        (7, 4, 24),
+        (4, 7, 50),
+        (3, 8, 200),
+        (9, 1, 50),
+        (2, 13, 7),
+    ];
+
+    fn check<W>(
+        name: &str,
+        fast: fn(&[W], &[BlockQ8Act], usize, &mut [f32]),
+        slow: fn(&[W], &[BlockQ8Act], usize, &mut [f32]),
+        codes: impl Fn(&W) -> (f32, Vec<i32>),
+        make: impl Fn(&mut Rng, usize, bool) -> Vec<W>,
+    ) {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for edge in [false, true] {
+            for (rows, n, nb) in SHAPES {
+                let w = make(&mut rng, rows * nb, edge);
+                let x = acts(&mut rng, n * nb, edge);
+                let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+                fast(&w, &x, nb, &mut a);
+                slow(&w, &x, nb, &mut b);
+                for r in 0..rows {
+                    let (dw, wq): (Vec<f32>, Vec<Vec<i32>>) =
+                        w[r * nb..(r + 1) * nb].iter().map(&codes).unzip();
+                    for t in 0..n {
+                        let bound = 1e-5 * abs_terms(&dw, &wq, &x[t * nb..(t + 1) * nb]) + 1e-30;
+                        let (got, want) = (a[r * n + t], b[r * n + t]);
+                        assert!(
+                            ((got - want) as f64).abs() <= bound,
+                            "{name} {rows}x{n}x{nb} edge={edge} [{r},{t}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_q8_agrees_with_scalar() {
+        check(
+            "q8",
+            ops().matmul_q8,
+            scalar::matmul_q8,
+            |b: &BlockQ8| (b.d.to_f32(), b.qs.iter().map(|&q| q as i32).collect()),
+            q8,
+        );
+    }
+
+    #[test]
+    fn matmul_q4_agrees_with_scalar() {
+        let codes = |b: &BlockQ4| {
+            let q = (0..QK)
+                .map(|i| {
+                    let byte = b.qs[i % 16];
+                    (if i < 16 { byte & 0x0F } else { byte >> 4 }) as i32 - 8
+                })
+                .collect();
+            (b.d.to_f32(), q)
+        };
+        check("q4", ops().matmul_q4, scalar::matmul_q4, codes, q4);
+    }
+
+    #[test]
+    fn integer_tile_sums_are_exact() {
+        // Unit scales and one block: every product is an exact integer in f32.
+        let mut rng = Rng(7);
+        let mut w = q8(&mut rng, 6, true);
+        let mut x = acts(&mut rng, 5, true);
+        w.iter_mut().for_each(|b| b.d = f16::ONE);
+        x.iter_mut().for_each(|b| b.d = 1.0);
+        let (mut a, mut b) = (vec![0f32; 30], vec![0f32; 30]);
+        (ops().matmul_q8)(&w, &x, 1, &mut a);
+        scalar::matmul_q8(&w, &x, 1, &mut b);
+        assert_eq!(a, b);
+        let w4 = q4(&mut rng, 6, true);
+        let w4: Vec<BlockQ4> = w4
+            .into_iter()
+            .map(|b| BlockQ4 { d: f16::ONE, ..b })
+            .collect();
+        (ops().matmul_q4)(&w4, &x, 1, &mut a);
+        scalar::matmul_q4(&w4, &x, 1, &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    #[should_panic(expected = "output length")]
+    fn matmul_checks_shapes() {
+        let w = vec![
+            BlockQ8 {
+                d: f16::ONE,
+                qs: [0; QK]
+            };
+            4
+        ];
+        let x = vec![BlockQ8Act::default(); 2];
+        (ops().matmul_q8)(&w, &x, 2, &mut [0.0; 3]);
+    }
 }

@@ -16,6 +16,8 @@ pub fn ops() -> Ops {
         dot_q4,
         dot_f16,
         dot_f32,
+        matmul_q8,
+        matmul_q4,
     }
 }
 
@@ -67,6 +69,28 @@ pub fn dot_q4(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
         .zip(x)
         .map(|(bw, bx)| bw.d.to_f32() * bx.d * block_dot_q4(bw, bx) as f32)
         .sum()
+}
+
+/// Every row of `w` against every token of `x` (`nb` blocks each), `out[r · n + t]`, as
+/// [`dot_q8`] computes each product.
+pub fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+    let (_, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
+    for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(n)) {
+        for (tok, y) in x.chunks_exact(nb).zip(o.iter_mut()) {
+            *y = dot_q8(row, tok);
+        }
+    }
+}
+
+/// Every row of `w` against every token of `x` (`nb` blocks each), `out[r · n + t]`, as
+/// [`dot_q4`] computes each product.
+pub fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+    let (_, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
+    for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(n)) {
+        for (tok, y) in x.chunks_exact(nb).zip(o.iter_mut()) {
+            *y = dot_q4(row, tok);
+        }
+    }
 }
 
 /// Dot product of f16 weights with f32 inputs.
