@@ -143,8 +143,12 @@ fn q4_error(x: &[f32; QK], d: f32) -> f32 {
         .sum()
 }
 
-/// Searches scales around `max / −8` (the value of largest magnitude mapped to code 0) for the one
-/// with the least squared error. Candidates are evaluated at f16 precision, as stored.
+/// Searches for the block scale with the least squared error, as stored (at f16 precision).
+///
+/// Candidates map the value of largest magnitude to a code near −8 or near +7 (the grid is
+/// asymmetric, so either side can win), stepping the divisor in 0.05s; for each candidate the
+/// codes it gives are then refitted with the least-squares scale `Σ x·q / Σ q²`, which is also a
+/// candidate. The plain choice, max / −8, is among them, so the result is never worse.
 fn best_q4_scale(x: &[f32; QK]) -> f32 {
     let max = x
         .iter()
@@ -153,17 +157,40 @@ fn best_q4_scale(x: &[f32; QK]) -> f32 {
     if max == 0.0 {
         return 0.0;
     }
-    let base = max / -8.0;
-    let mut best = (q4_error(x, base), base);
-    for step in 1..=16 {
-        // Shrinking the scale (towards max / −6.5) clips the extreme value but refines the rest.
-        let d = f16::from_f32(max / -(8.0 - step as f32 * 0.1)).to_f32();
-        let err = q4_error(x, d);
-        if err < best.0 {
-            best = (err, d);
+    let mut best = (f32::INFINITY, 0.0);
+    let mut consider = |d: f32| {
+        let d = f16::from_f32(d).to_f32();
+        if d != 0.0 && d.is_finite() {
+            let err = q4_error(x, d);
+            if err < best.0 {
+                best = (err, d);
+            }
+        }
+    };
+    for step in -4..=30 {
+        let shift = step as f32 * 0.05;
+        for divisor in [-8.0 + shift, 7.0 + shift] {
+            let d = max / divisor;
+            consider(d);
+            consider(least_squares_scale(x, &q4_values(x, d)));
         }
     }
     best.1
+}
+
+/// The scale minimising `Σ (x − d·(q − 8))²` for fixed codes `q`.
+fn least_squares_scale(x: &[f32; QK], q: &[u8; QK]) -> f32 {
+    let (mut xq, mut qq) = (0.0f32, 0.0f32);
+    for (&v, &c) in x.iter().zip(q) {
+        let c = c as f32 - 8.0;
+        xq += v * c;
+        qq += c * c;
+    }
+    if qq == 0.0 {
+        0.0
+    } else {
+        xq / qq
+    }
 }
 
 /// Quantises a row of `x.len()` values (a multiple of [`QK`]) to q8 blocks, appended to `out`.

@@ -24,7 +24,8 @@ pub const EPOCH: u64 = 1_795_824_000;
 
 /// Converts the tiny fixture checkpoint with `quant` into this test binary's temp dir, once.
 pub fn converted(quant: Quant) -> PathBuf {
-    static CELLS: [OnceLock<PathBuf>; 4] = [
+    static CELLS: [OnceLock<PathBuf>; 5] = [
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -35,6 +36,7 @@ pub fn converted(quant: Quant) -> PathBuf {
         Quant::F16 => 1,
         Quant::Q8 => 2,
         Quant::Q4 => 3,
+        Quant::Q4Pure => 4,
     };
     CELLS[idx]
         .get_or_init(|| {

@@ -26,8 +26,13 @@ pub enum Quant {
     F16,
     /// Matrices in q8 (8.5 bits per weight).
     Q8,
-    /// Matrices in q4 (4.5 bits per weight).
+    /// The default 4-bit mix: every matrix in q4 (4.5 bits per weight) except the token
+    /// embedding, which is also the LM head, in q8. The tensor-sensitivity report
+    /// (`--sensitivity`) shows it to be by far the most sensitive matrix of GPT-2; see
+    /// docs/QUANTIZATION.md for the measured trade-off.
     Q4,
+    /// Every matrix in q4, the embedding included: the smallest file.
+    Q4Pure,
 }
 
 impl Quant {
@@ -38,8 +43,9 @@ impl Quant {
             "f16" => Ok(Quant::F16),
             "q8" => Ok(Quant::Q8),
             "q4" => Ok(Quant::Q4),
+            "q4-pure" => Ok(Quant::Q4Pure),
             _ => Err(Error::invalid(format!(
-                "unknown quantisation {s:?}: expected f32, f16, q8 or q4"
+                "unknown quantisation {s:?}: expected f32, f16, q8, q4 or q4-pure"
             ))),
         }
     }
@@ -51,17 +57,28 @@ impl Quant {
             Quant::F16 => "f16",
             Quant::Q8 => "q8",
             Quant::Q4 => "q4",
+            Quant::Q4Pure => "q4-pure",
         }
     }
 
-    fn matrix_dtype(self) -> DType {
+    /// Every `--quant` value.
+    pub const ALL: [Quant; 5] = [Quant::F32, Quant::F16, Quant::Q8, Quant::Q4, Quant::Q4Pure];
+
+    /// The dtype of the weight matrix `name` (a name in the file, e.g. `h.0.mlp.c_fc.weight`).
+    pub fn matrix_dtype(self, name: &str) -> DType {
         match self {
             Quant::F32 => DType::F32,
             Quant::F16 => DType::F16,
             Quant::Q8 => DType::Q8,
-            Quant::Q4 => DType::Q4,
+            Quant::Q4 if is_token_embedding(name) => DType::Q8,
+            Quant::Q4 | Quant::Q4Pure => DType::Q4,
         }
     }
+}
+
+/// The token embedding and the LM head: one matrix when tied, so one policy either way.
+fn is_token_embedding(name: &str) -> bool {
+    name == "wte.weight" || name == "lm_head.weight"
 }
 
 /// Options of one conversion.
@@ -85,8 +102,11 @@ struct Planned {
     transpose: bool,
 }
 
-/// The tensors of a GPT-2 in file order, with their dtypes under `quant`.
-fn plan(cfg: &HfConfig, quant: Quant, explicit_lm_head: bool) -> Vec<Planned> {
+/// Chooses the dtype of each weight matrix by its name in the file.
+pub(crate) type MatrixPolicy<'a> = &'a dyn Fn(&str) -> DType;
+
+/// The tensors of a GPT-2 in file order, matrices in the dtypes `quant` picks.
+fn plan(cfg: &HfConfig, quant: MatrixPolicy<'_>, explicit_lm_head: bool) -> Vec<Planned> {
     let (e, i, v, c) = (cfg.n_embd, cfg.n_inner, cfg.n_vocab, cfg.n_positions);
     let mut out = vec![
         matrix("wte.weight", v, e, quant, false),
@@ -141,8 +161,14 @@ fn vector(name: &str, n: usize) -> Planned {
 
 /// A weight matrix `(rows, cols)` in the quantisation's dtype, or f16 when its rows are not a
 /// whole number of blocks.
-fn matrix(name: &str, rows: usize, cols: usize, quant: Quant, transpose: bool) -> Planned {
-    let mut dtype = quant.matrix_dtype();
+fn matrix(
+    name: &str,
+    rows: usize,
+    cols: usize,
+    quant: MatrixPolicy<'_>,
+    transpose: bool,
+) -> Planned {
+    let mut dtype = quant(name);
     if matches!(dtype, DType::Q8 | DType::Q4) && cols % QK != 0 {
         dtype = DType::F16;
     }
@@ -158,9 +184,9 @@ fn matrix(name: &str, rows: usize, cols: usize, quant: Quant, transpose: bool) -
 }
 
 /// Position embeddings: small and read one row per token, so f16 unless everything is f32.
-fn embedding(name: &str, rows: usize, cols: usize, quant: Quant) -> Planned {
+fn embedding(name: &str, rows: usize, cols: usize, quant: MatrixPolicy<'_>) -> Planned {
     let mut p = matrix(name, rows, cols, quant, false);
-    p.spec.dtype = if quant == Quant::F32 {
+    p.spec.dtype = if quant(name) == DType::F32 {
         DType::F32
     } else {
         DType::F16
@@ -251,19 +277,8 @@ pub fn convert(
         )));
     }
     let ckpt = Checkpoint::open(dir)?;
-    let cfg = &ckpt.config;
-    let tokenizer = Tokenizer::from_hf(ckpt.read_vocab()?, &ckpt.read_merges()?)?;
-    let mut section = Vec::new();
-    tokenizer.write_section(&mut section);
-    let explicit_lm_head = ckpt.has_lm_head() && !ckpt.lm_head_is_tied()?;
-    let planned = plan(cfg, opts.quant, explicit_lm_head);
-    let specs = planned.iter().map(|p| p.spec.clone()).collect();
-    let writer = ModelWriter::new(
-        hparams(cfg)?,
-        metadata(&ckpt, opts, &planned),
-        section,
-        specs,
-    )?;
+    let policy = |name: &str| opts.quant.matrix_dtype(name);
+    let (writer, planned) = prepare(&ckpt, &policy, |planned| metadata(&ckpt, opts, planned))?;
     let n = planned.len();
     let data = |i: usize, _: &TensorEntry| {
         let p = &planned[i];
@@ -276,6 +291,43 @@ pub fn convert(
         // Also refuses an output that appears while we convert.
         writer.write_new(out, data)
     }
+}
+
+/// A writer for `ckpt` with its matrices in the dtypes `policy` picks, and the tensors in the
+/// order the writer asks for their bytes.
+fn prepare(
+    ckpt: &Checkpoint,
+    policy: MatrixPolicy<'_>,
+    metadata: impl FnOnce(&[Planned]) -> Vec<(String, String)>,
+) -> Result<(ModelWriter, Vec<Planned>)> {
+    let cfg = &ckpt.config;
+    let tokenizer = Tokenizer::from_hf(ckpt.read_vocab()?, &ckpt.read_merges()?)?;
+    let mut section = Vec::new();
+    tokenizer.write_section(&mut section);
+    let explicit_lm_head = ckpt.has_lm_head() && !ckpt.lm_head_is_tied()?;
+    let planned = plan(cfg, policy, explicit_lm_head);
+    let specs = planned.iter().map(|p| p.spec.clone()).collect();
+    let writer = ModelWriter::new(hparams(cfg)?, metadata(&planned), section, specs)?;
+    Ok((writer, planned))
+}
+
+/// The whole model file for `ckpt` in memory, matrices in the dtypes `policy` picks (no
+/// metadata: for measurements, not for users).
+pub(crate) fn model_bytes(ckpt: &Checkpoint, policy: MatrixPolicy<'_>) -> Result<Vec<u8>> {
+    let (writer, planned) = prepare(ckpt, policy, |_| Vec::new())?;
+    writer.write_to_vec(|i, _| tensor_bytes(ckpt, &planned[i]))
+}
+
+/// The names and sizes (in weights) of `ckpt`'s weight matrices in file order, position
+/// embeddings excluded (they are never quantised).
+pub(crate) fn matrix_names(ckpt: &Checkpoint) -> Result<Vec<(String, u64)>> {
+    let explicit_lm_head = ckpt.has_lm_head() && !ckpt.lm_head_is_tied()?;
+    let names = plan(&ckpt.config, &|_| DType::F32, explicit_lm_head)
+        .into_iter()
+        .filter(|p| p.spec.shape.len() == 2 && p.spec.name != "wpe.weight")
+        .map(|p| (p.spec.name, p.spec.shape.iter().product()))
+        .collect();
+    Ok(names)
 }
 
 fn tensor_bytes(ckpt: &Checkpoint, p: &Planned) -> Result<Vec<u8>> {

@@ -4,3 +4,4 @@
 pub mod checkpoint;
 pub mod convert;
 pub mod safetensors;
+pub mod sensitivity;

@@ -1,12 +1,13 @@
 //! `gpt2q-convert`: packs a Hugging Face GPT-2 checkpoint into one `.g2q` file.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
 use gpt2q_convert::convert::{convert, Options, Quant};
+use gpt2q_convert::sensitivity::{format_report, tensor_sensitivity, SensitivityOptions};
 
 /// Convert a Hugging Face GPT-2 checkpoint directory (config.json, vocab.json, merges.txt,
 /// model.safetensors or sharded safetensors) into a gpt2q model file.
@@ -16,9 +17,10 @@ struct Args {
     /// The checkpoint directory (as saved by transformers or downloaded from the Hugging Face hub).
     checkpoint: PathBuf,
     /// Output file.
-    #[arg(short, long)]
-    output: PathBuf,
-    /// Storage of the weight matrices: f32, f16, q8 (int8, 8.5 bits/weight) or q4 (4.5 bits/weight).
+    #[arg(short, long, required_unless_present = "sensitivity")]
+    output: Option<PathBuf>,
+    /// Storage of the weight matrices: f32, f16, q8 (int8, 8.5 bits/weight), q4 (4-bit matrices
+    /// with the token embedding / LM head in q8) or q4-pure (every matrix 4-bit, smallest).
     #[arg(short, long, default_value = "q8")]
     quant: String,
     /// Replace the output file if it exists.
@@ -30,6 +32,13 @@ struct Args {
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
+    /// Instead of converting, print the tensor-sensitivity report: for each weight matrix, the
+    /// KL divergence it causes on this calibration text when it alone is stored in q4.
+    #[arg(long, value_name = "TEXT_FILE", conflicts_with = "output")]
+    sensitivity: Option<PathBuf>,
+    /// Tokens of the calibration text the sensitivity report scores.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(2..))]
+    calib_tokens: u32,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +62,12 @@ fn exit_code(e: &gpt2q::Error) -> u8 {
 }
 
 fn run(args: &Args) -> gpt2q::Result<()> {
+    if let Some(text) = &args.sensitivity {
+        return report_sensitivity(args, text);
+    }
+    let Some(output) = &args.output else {
+        return Err(gpt2q::Error::invalid("an output file (-o) is required"));
+    };
     let opts = Options {
         quant: Quant::parse(&args.quant)?,
         force: args.force,
@@ -69,19 +84,45 @@ fn run(args: &Args) -> gpt2q::Result<()> {
             let _ = std::io::stderr().flush();
         }
     };
-    convert(&args.checkpoint, &args.output, &opts, &mut progress)?;
+    convert(&args.checkpoint, output, &opts, &mut progress)?;
     if !args.quiet {
-        let size = std::fs::metadata(&args.output)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         let clear = if live { "\r\x1b[2K" } else { "" };
         eprintln!(
             "{clear}wrote {} ({:.1} MB, {}) in {:.1} s",
-            args.output.display(),
+            output.display(),
             size as f64 / 1e6,
             opts.quant.name(),
             start.elapsed().as_secs_f64()
         );
     }
+    Ok(())
+}
+
+fn report_sensitivity(args: &Args, text_path: &Path) -> gpt2q::Result<()> {
+    let bytes = std::fs::read(text_path).map_err(|e| gpt2q::Error::io(text_path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        gpt2q::Error::invalid(format!(
+            "{} is not valid UTF-8 (bad byte at offset {})",
+            text_path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let opts = SensitivityOptions {
+        tokens: args.calib_tokens as usize,
+        ..SensitivityOptions::default()
+    };
+    let live = !args.quiet && std::io::stderr().is_terminal();
+    let mut progress = |i: usize, n: usize, name: &str| {
+        if live {
+            eprint!("\r\x1b[2K[{:>3}/{n}] {name} in q4", i + 1);
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let rows = tensor_sensitivity(&args.checkpoint, &text, opts, &mut progress)?;
+    if live {
+        eprint!("\r\x1b[2K");
+    }
+    print!("{}", format_report(&rows));
     Ok(())
 }

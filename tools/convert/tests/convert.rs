@@ -302,3 +302,47 @@ fn existing_output_needs_force() {
     assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
 }
+
+#[test]
+fn q4_keeps_the_embedding_in_q8_and_q4_pure_does_not() {
+    use gpt2q::format::DType;
+    let dir = scratch_dir("q4-policy");
+    for (quant, wte) in [(Quant::Q4, DType::Q8), (Quant::Q4Pure, DType::Q4)] {
+        let bytes = convert_to(
+            &fixture(),
+            &dir.join(format!("{}.g2q", quant.name())),
+            quant,
+        )
+        .unwrap();
+        let layout = gpt2q::format::Layout::parse(&bytes).unwrap();
+        let dtype = |name: &str| {
+            layout
+                .tensors
+                .iter()
+                .find(|t| t.name == name)
+                .unwrap()
+                .dtype
+        };
+        assert_eq!(dtype("wte.weight"), wte, "{}", quant.name());
+        assert_eq!(dtype("h.0.mlp.c_fc.weight"), DType::Q4);
+        assert_eq!(dtype("wpe.weight"), DType::F16);
+    }
+}
+
+#[test]
+fn the_sensitivity_report_ranks_every_matrix() {
+    use gpt2q_convert::sensitivity::{tensor_sensitivity, SensitivityOptions};
+    let text = std::fs::read_to_string(fixture().join("../heldout.txt")).unwrap();
+    let opts = SensitivityOptions {
+        tokens: 128,
+        window: 64,
+    };
+    let rows = tensor_sensitivity(&fixture(), &text, opts, &mut |_, _, _| {}).unwrap();
+    // wte + 4 layers × 4 matrices, most sensitive first, every KL finite and non-negative.
+    assert_eq!(rows.len(), 17);
+    assert!(rows.windows(2).all(|w| w[0].kl_mean >= w[1].kl_mean));
+    assert!(rows
+        .iter()
+        .all(|r| r.kl_mean.is_finite() && r.kl_mean >= 0.0));
+    assert_eq!(rows[0].tensor, "wte.weight");
+}
