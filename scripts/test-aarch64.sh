@@ -35,5 +35,10 @@ target=aarch64-unknown-linux-gnu
 for cpu in "${cpus[@]}"; do
   echo "== aarch64 tests under qemu, QEMU_CPU=$cpu =="
   # The tests read this to assert which kernel path the dispatcher picked.
-  QEMU_CPU="$cpu" GPT2Q_EXPECT_CPU="$cpu" /usr/bin/cargo test --release --workspace --target "$target"
+  # Skipped here, run natively: two CLI perplexity passes and three converter tests dominated by
+  # q4 scale searches (platform-independent code; the kernels' end-to-end tests still run).
+  QEMU_CPU="$cpu" GPT2Q_EXPECT_CPU="$cpu" /usr/bin/cargo test --release --workspace --target "$target" -- \
+    --skip perplexity_prints_a_parsable_line --skip perplexity_compare_reports_kl_and_top1_agreement \
+    --skip conversion_is_deterministic --skip q4_keeps_the_embedding_in_q8_and_q4_pure_does_not \
+    --skip the_sensitivity_report_ranks_every_matrix
 done

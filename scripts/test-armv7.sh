@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds for armv7 (32-bit Raspberry Pi OS) and runs a cheap subset of the tests under qemu-arm:
-# the library's unit tests, the golden reference tests, the chat tests and the CLI tests. On 32-bit
+# the library's unit tests, the kernel, loader and chat tests, and two golden reference tests. On 32-bit
 # ARM stable Rust has no NEON intrinsics, so this checks the portable scalar kernels and 32-bit
 # `usize` arithmetic.
 #
@@ -12,8 +12,8 @@
 # Install (as root, once):  scripts/test-armv7.sh --install
 # Run:                      scripts/test-armv7.sh
 #
-# The CLI tests that run long scalar perplexity passes are skipped (the aarch64 suite runs them; the
-# reference tests already check the scalar path's numbers): emulated scalar code is slow.
+# Emulated scalar code is slow, so the rest (CLI, memory, the other reference tests) is left to the
+# native and aarch64 suites, which run the same portable code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=armv7-unknown-linux-gnueabihf
@@ -32,5 +32,7 @@ export QEMU_LD_PREFIX=/usr/arm-linux-gnueabihf
 export GPT2Q_TEST_RUNNER=qemu-arm
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/armv7"
 echo "== armv7 tests under qemu-arm (scalar kernels) =="
-cargo test --release -p gpt2q --target "$target" --lib --test reference --test chat --test cli -- \
-  --skip perplexity_prints_a_parsable_line --skip perplexity_compare_reports_kl_and_top1_agreement
+cargo test --release -p gpt2q --target "$target" --lib --test kernels --test loader --test chat
+# Two golden tests: f32 logits against transformers, and the q8 (int8 scalar kernels) perplexity.
+cargo test --release -p gpt2q --target "$target" --test reference -- \
+  f32_matches_transformers_logits_and_top10 q8_perplexity_within_0_5_percent

@@ -264,7 +264,13 @@ fn kl_against_f32(quant: Quant, windows: usize) -> (f64, f64) {
 /// on 8 windows with margins so noise cannot flake; q4-pure is held to what it reaches today.
 #[test]
 fn quantised_models_stay_close_to_f32() {
-    let windows = if EMULATED { 1 } else { 8 };
+    if EMULATED {
+        // The converter's quality does not depend on the platform; emulated time is spent on
+        // the kernels' end-to-end tests above instead.
+        println!("skipped under emulation");
+        return;
+    }
+    let windows = 8;
     let (kl, top1) = kl_against_f32(Quant::Q8, windows);
     assert!(kl <= 0.00005 && top1 >= 0.98, "q8: {kl} {top1}");
     let (kl, top1) = kl_against_f32(Quant::Q4, windows);
