@@ -85,15 +85,17 @@ pub fn run(args: Args) -> Result<()> {
     let threads = thread_list(&args.threads)?;
     let machine = Machine::probe();
     let membw = bandwidths(&threads)?;
-    bench::reset_peak_rss();
     if args.membw {
         for (t, gbs) in &membw {
             println!("memory bandwidth (streaming read, {t} threads): {gbs:.1} GB/s");
         }
         return Ok(());
     }
+    let files = model_files(&args)?;
+    // Peak RSS from here on: the runs, not the bandwidth buffer or building synthetic files.
+    bench::reset_peak_rss();
     let mut rows = Vec::new();
-    for (label, path, temp) in model_files(&args)? {
+    for (label, path, temp) in files {
         let result = bench_file(&args, &label, &path, &threads, &membw, &mut rows);
         if temp {
             let _ = std::fs::remove_file(&path);
