@@ -492,3 +492,38 @@ fn peak_rss_stays_within_the_plan() {
     );
     assert!(rss <= budget, "peak RSS {rss} > budget {budget}");
 }
+
+/// Two conversations over one loaded model: the weights are shared, each session has its own
+/// cache, and interleaving them changes nothing.
+#[test]
+fn two_sessions_share_one_model_independently() {
+    let file = ModelFile::open(&default_model()).unwrap();
+    let model = Model::load(&file, false).unwrap();
+    let a_ids = model.tokenizer.encode("The cat sat on the mat and");
+    let b_ids = model.tokenizer.encode("In 1905, Einstein published");
+    let alone = |ids: &[u32]| {
+        let mut s = Session::with_config(&model, SessionConfig::new(64)).unwrap();
+        ids.iter()
+            .map(|&t| s.forward(t).unwrap().to_vec())
+            .collect::<Vec<_>>()
+    };
+    let (want_a, want_b) = (alone(&a_ids), alone(&b_ids));
+    let mut a = Session::with_config(&model, SessionConfig::new(64)).unwrap();
+    let mut b = Session::with_config(&model, SessionConfig::new(64)).unwrap();
+    for i in 0..a_ids.len().max(b_ids.len()) {
+        if let Some(&t) = a_ids.get(i) {
+            assert_eq!(
+                a.forward(t).unwrap(),
+                &want_a[i][..],
+                "session a, token {i}"
+            );
+        }
+        if let Some(&t) = b_ids.get(i) {
+            assert_eq!(
+                b.forward(t).unwrap(),
+                &want_b[i][..],
+                "session b, token {i}"
+            );
+        }
+    }
+}
