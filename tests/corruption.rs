@@ -194,10 +194,14 @@ fn hostile_fields_behind_valid_checksums_are_clean_errors() {
         }
     }
     assert!(cases > 1000 || common::emulated(), "{cases} cases");
-    assert!(
-        loaded < cases / 20,
-        "{loaded} of {cases} changed files loaded"
-    );
+    // Emulated runs sample every few positions, so metadata text (which may change and still
+    // load) weighs more in the sample than in the full sweep.
+    let limit = if common::emulated() {
+        cases / 4
+    } else {
+        cases / 20
+    };
+    assert!(loaded < limit, "{loaded} of {cases} changed files loaded");
 }
 
 #[test]
