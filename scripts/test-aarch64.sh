@@ -39,6 +39,6 @@ for cpu in "${cpus[@]}"; do
   # q4 scale searches (platform-independent code; the kernels' end-to-end tests still run).
   QEMU_CPU="$cpu" GPT2Q_EXPECT_CPU="$cpu" /usr/bin/cargo test --release --workspace --target "$target" -- \
     --skip perplexity_prints_a_parsable_line --skip perplexity_compare_reports_kl_and_top1_agreement \
-    --skip conversion_is_deterministic --skip q4_keeps_the_embedding_in_q8_and_q4_pure_does_not \
+    --skip conversion_is_deterministic --skip q4_keeps_the_embedding_in_q8_and_q4_pure_only_its_frequent_rows \
     --skip the_sensitivity_report_ranks_every_matrix
 done

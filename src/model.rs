@@ -11,7 +11,7 @@ use crate::kernels::{self, MatmulScratch};
 use crate::kv_cache::{KvCache, KvType};
 use crate::mmap::{self, ModelFile};
 use crate::quant::{BlockQ8Act, QK};
-use crate::tensor::{Matrix, Weights};
+use crate::tensor::{Matrix, SplitMatrix, Weights};
 use crate::tokenizer::Tokenizer;
 
 /// A layer norm's parameters.
@@ -55,8 +55,9 @@ pub struct Model<'a> {
     pub hparams: HParams,
     /// The tokenizer stored in the file.
     pub tokenizer: Tokenizer,
-    /// Token embeddings, `(n_vocab, n_embd)`; also the LM head when tied.
-    pub wte: Matrix<'a>,
+    /// Token embeddings, `(n_vocab, n_embd)`; also the LM head when tied. Rows of the most
+    /// frequent tokens may be stored apart in another dtype (see [`SplitMatrix`]).
+    pub wte: SplitMatrix<'a>,
     /// Position embeddings, `(n_ctx, n_embd)`.
     pub wpe: Matrix<'a>,
     /// The transformer blocks.
@@ -64,7 +65,7 @@ pub struct Model<'a> {
     /// Final layer norm.
     pub ln_f: Norm<'a>,
     /// Output projection to logits, `(n_vocab, n_embd)`: `wte` unless the file has `lm_head.weight`.
-    pub lm_head: Matrix<'a>,
+    pub lm_head: SplitMatrix<'a>,
     /// The file's metadata.
     pub metadata: Vec<(String, String)>,
     /// The file's tensor table.
@@ -96,12 +97,12 @@ impl<'a> Model<'a> {
             hp.n_embd as usize,
             hp.n_inner as usize,
         );
-        let wte = t.matrix("wte.weight", v, e)?;
+        let wte = t.split_matrix("wte", v, e)?;
         let blocks = (0..hp.n_layer as usize)
             .map(|l| t.block(l, e, i))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = match layout.entry("lm_head.weight") {
-            Some(_) => t.matrix("lm_head.weight", v, e)?,
+            Some(_) => t.split_matrix("lm_head", v, e)?,
             None => wte,
         };
         Ok(Model {
@@ -189,6 +190,31 @@ impl<'a> Tensors<'_, 'a> {
         weights
             .and_then(|w| Matrix::new(rows, cols, w))
             .ok_or_else(|| Error::format(format!("tensor {name} is misaligned or mis-sized")))
+    }
+
+    /// `PREFIX.weight`, `(rows, cols)`, or, when the file has `PREFIX.frequent.weight` `(k, cols)`
+    /// for rows `0..k`, that followed by `PREFIX.weight` `(rows − k, cols)` for the rest.
+    fn split_matrix(&self, prefix: &str, rows: usize, cols: usize) -> Result<SplitMatrix<'a>> {
+        let head_name = format!("{prefix}.frequent.weight");
+        let Some(head) = self.layout.entry(&head_name) else {
+            return Ok(SplitMatrix::whole(self.matrix(
+                &format!("{prefix}.weight"),
+                rows,
+                cols,
+            )?));
+        };
+        let k = match head.shape.as_slice() {
+            &[k, c] if c as usize == cols && k > 0 && (k as usize) < rows => k as usize,
+            shape => {
+                return Err(Error::format(format!(
+                    "tensor {head_name} has shape {shape:?}, expected [1..{rows}, {cols}]"
+                )))
+            }
+        };
+        Ok(SplitMatrix {
+            head: Some(self.matrix(&head_name, k, cols)?),
+            tail: self.matrix(&format!("{prefix}.weight"), rows - k, cols)?,
+        })
     }
 
     fn norm(&self, prefix: &str, n: usize) -> Result<Norm<'a>> {
@@ -401,6 +427,24 @@ impl MemoryPlan {
     }
 }
 
+/// Which weight matrix reads an activation, as [`Session::forward_observed`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatrixInput {
+    /// The query/key/value projection of block `l` (reads ln_1's output).
+    AttnQkv(usize),
+    /// The attention output projection of block `l` (reads the heads' concatenated output).
+    AttnProj(usize),
+    /// The MLP up-projection of block `l` (reads ln_2's output).
+    MlpFc(usize),
+    /// The MLP down-projection of block `l` (reads the GELU's output).
+    MlpProj(usize),
+    /// The LM head (reads ln_f's output).
+    LmHead,
+}
+
+/// Receives each matrix's input rows, `(tokens, in_features)` row-major.
+type Observer<'o> = &'o mut dyn FnMut(MatrixInput, &[f32]);
+
 /// One generation over a model: the KV cache, scratch memory and the current position.
 /// Several sessions can share one [`Model`].
 pub struct Session<'m> {
@@ -512,7 +556,7 @@ impl<'m> Session<'m> {
         }
         self.check_tokens(tokens)?;
         for chunk in tokens.chunks(self.config.batch) {
-            self.run_batch(chunk, false);
+            self.run_batch(chunk, false, &mut |_, _| {});
         }
         Ok(self.last_logits())
     }
@@ -520,21 +564,31 @@ impl<'m> Session<'m> {
     /// Runs one token at the next position and returns the logits for the token after it.
     pub fn forward(&mut self, token: u32) -> Result<&[f32]> {
         self.check_tokens(&[token])?;
-        self.run_batch(&[token], false);
+        self.run_batch(&[token], false, &mut |_, _| {});
         Ok(self.last_logits())
     }
 
     /// Runs up to `batch` tokens and returns every position's logits, `(tokens.len(), n_vocab)`
     /// row-major. Needs a session made with `all_logits`.
     pub fn forward_batch(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        self.forward_observed(tokens, &mut |_, _| {})
+    }
+
+    /// As [`Session::forward_batch`], also handing `observer` the input of every weight matrix
+    /// as it is computed (for calibration statistics; not for the generation loop).
+    pub fn forward_observed(
+        &mut self,
+        tokens: &[u32],
+        observer: &mut dyn FnMut(MatrixInput, &[f32]),
+    ) -> Result<&[f32]> {
         if !self.config.all_logits || tokens.is_empty() || tokens.len() > self.config.batch {
             return Err(Error::invalid(format!(
-                "forward_batch needs 1..={} tokens and a session with all_logits",
+                "a batch needs 1..={} tokens and a session with all_logits",
                 self.config.batch
             )));
         }
         self.check_tokens(tokens)?;
-        self.run_batch(tokens, true);
+        self.run_batch(tokens, true, observer);
         let v = self.model.hparams.n_vocab as usize;
         Ok(&self.scratch.logits[..tokens.len() * v])
     }
@@ -574,21 +628,21 @@ impl<'m> Session<'m> {
 
     /// The forward pass for `tokens` (checked, at most `batch`) at positions `pos..`; logits of
     /// every token when `all` is set, else of the last.
-    fn run_batch(&mut self, tokens: &[u32], all: bool) {
+    fn run_batch(&mut self, tokens: &[u32], all: bool, observe: Observer<'_>) {
         let model = self.model;
         let hp = &model.hparams;
         let (e, n) = (hp.n_embd as usize, tokens.len());
         let s = &mut self.scratch;
         for (t, &token) in tokens.iter().enumerate() {
             let x = &mut s.x[t * e..(t + 1) * e];
-            kernels::dequantize_row(&model.wte, token as usize, x);
+            kernels::dequantize_split_row(&model.wte, token as usize, x);
             let p = &mut s.xn[t * e..(t + 1) * e];
             kernels::dequantize_row(&model.wpe, self.pos + t, p);
             kernels::add_assign(x, p);
         }
         for (l, block) in model.blocks.iter().enumerate() {
-            attention(block, l, self.pos, n, hp, &mut self.cache, s);
-            mlp(block, n, hp, s);
+            attention(block, l, self.pos, n, hp, &mut self.cache, s, observe);
+            mlp(block, l, n, hp, s, observe);
         }
         self.pos += n;
         let first = if all { 0 } else { n - 1 };
@@ -600,9 +654,10 @@ impl<'m> Session<'m> {
             );
             kernels::layer_norm(x, model.ln_f.weight, model.ln_f.bias, hp.layer_norm_eps, xn);
         }
+        observe(MatrixInput::LmHead, &s.xn[..rows * e]);
         let v = hp.n_vocab as usize;
         let logits = &mut s.logits[..rows * v];
-        kernels::matmul(
+        kernels::matmul_split(
             &model.lm_head,
             &s.xn[..rows * e],
             rows,
@@ -615,6 +670,7 @@ impl<'m> Session<'m> {
 
 /// `x += proj(attention(ln_1(x)))` for `n` tokens starting at position `pos`, storing their keys
 /// and values in the cache first so each token attends to itself and everything before it.
+#[allow(clippy::too_many_arguments)]
 fn attention(
     b: &Block<'_>,
     layer: usize,
@@ -623,9 +679,11 @@ fn attention(
     hp: &HParams,
     cache: &mut KvCache,
     s: &mut Scratch,
+    observe: Observer<'_>,
 ) {
     let e = hp.n_embd as usize;
     layer_norms(&s.x[..n * e], b.ln_1, hp.layer_norm_eps, &mut s.xn[..n * e]);
+    observe(MatrixInput::AttnQkv(layer), &s.xn[..n * e]);
     kernels::linear_batch(
         &b.attn_qkv.weight,
         b.attn_qkv.bias,
@@ -643,6 +701,7 @@ fn attention(
         let out = &mut s.attn[t * e..(t + 1) * e];
         attend(q, layer, pos + t + 1, hp, cache, &mut s.scores, out);
     }
+    observe(MatrixInput::AttnProj(layer), &s.attn[..n * e]);
     kernels::linear_batch(
         &b.attn_proj.weight,
         b.attn_proj.bias,
@@ -683,9 +742,17 @@ fn layer_norms(x: &[f32], norm: Norm<'_>, eps: f32, out: &mut [f32]) {
 }
 
 /// `x += mlp(ln_2(x))` for `n` tokens.
-fn mlp(b: &Block<'_>, n: usize, hp: &HParams, s: &mut Scratch) {
+fn mlp(
+    b: &Block<'_>,
+    layer: usize,
+    n: usize,
+    hp: &HParams,
+    s: &mut Scratch,
+    observe: Observer<'_>,
+) {
     let (e, i) = (hp.n_embd as usize, hp.n_inner as usize);
     layer_norms(&s.x[..n * e], b.ln_2, hp.layer_norm_eps, &mut s.xn[..n * e]);
+    observe(MatrixInput::MlpFc(layer), &s.xn[..n * e]);
     let hidden = &mut s.hidden[..n * i];
     kernels::linear_batch(
         &b.mlp_fc.weight,
@@ -699,6 +766,7 @@ fn mlp(b: &Block<'_>, n: usize, hp: &HParams, s: &mut Scratch) {
         Activation::GeluTanh => kernels::gelu_tanh(hidden),
         Activation::GeluErf => kernels::gelu_erf(hidden),
     }
+    observe(MatrixInput::MlpProj(layer), hidden);
     kernels::linear_batch(
         &b.mlp_proj.weight,
         b.mlp_proj.bias,

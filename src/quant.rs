@@ -102,7 +102,14 @@ impl BlockQ4 {
     /// Quantises 32 values, choosing among a few candidate scales the one with the least squared
     /// error (the plain choice, max-magnitude / −8, is one of the candidates).
     pub fn quantize(x: &[f32; QK]) -> Self {
-        let d = best_q4_scale(x);
+        Self::quantize_weighted(x, &[1.0; QK])
+    }
+
+    /// Quantises 32 values minimising the weighted squared error `Σ wᵢ (xᵢ − x̂ᵢ)²`, where `w` says
+    /// how much each element's error matters (the mean square of the activation it multiplies,
+    /// as the converter estimates it). Equal weights give [`BlockQ4::quantize`].
+    pub fn quantize_weighted(x: &[f32; QK], w: &[f32; QK]) -> Self {
+        let d = best_q4_scale(x, w);
         let d16 = f16::from_f32(d);
         let q = q4_values(x, d16.to_f32());
         let mut qs = [0u8; QK / 2];
@@ -131,14 +138,15 @@ fn q4_values(x: &[f32; QK], d: f32) -> [u8; QK] {
     q
 }
 
-/// Squared error of representing `x` with scale `d`.
-fn q4_error(x: &[f32; QK], d: f32) -> f32 {
+/// Weighted squared error of representing `x` with scale `d`.
+fn q4_error(x: &[f32; QK], w: &[f32; QK], d: f32) -> f32 {
     let q = q4_values(x, d);
     x.iter()
         .zip(q)
-        .map(|(v, qi)| {
+        .zip(w)
+        .map(|((v, qi), wi)| {
             let e = v - d * (qi as f32 - 8.0);
-            e * e
+            wi * e * e
         })
         .sum()
 }
@@ -149,7 +157,7 @@ fn q4_error(x: &[f32; QK], d: f32) -> f32 {
 /// asymmetric, so either side can win), stepping the divisor in 0.05s; for each candidate the
 /// codes it gives are then refitted with the least-squares scale `Σ x·q / Σ q²`, which is also a
 /// candidate. The plain choice, max / −8, is among them, so the result is never worse.
-fn best_q4_scale(x: &[f32; QK]) -> f32 {
+fn best_q4_scale(x: &[f32; QK], w: &[f32; QK]) -> f32 {
     let max = x
         .iter()
         .copied()
@@ -161,7 +169,7 @@ fn best_q4_scale(x: &[f32; QK]) -> f32 {
     let mut consider = |d: f32| {
         let d = f16::from_f32(d).to_f32();
         if d != 0.0 && d.is_finite() {
-            let err = q4_error(x, d);
+            let err = q4_error(x, w, d);
             if err < best.0 {
                 best = (err, d);
             }
@@ -172,19 +180,19 @@ fn best_q4_scale(x: &[f32; QK]) -> f32 {
         for divisor in [-8.0 + shift, 7.0 + shift] {
             let d = max / divisor;
             consider(d);
-            consider(least_squares_scale(x, &q4_values(x, d)));
+            consider(least_squares_scale(x, w, &q4_values(x, d)));
         }
     }
     best.1
 }
 
-/// The scale minimising `Σ (x − d·(q − 8))²` for fixed codes `q`.
-fn least_squares_scale(x: &[f32; QK], q: &[u8; QK]) -> f32 {
+/// The scale minimising `Σ w·(x − d·(q − 8))²` for fixed codes `q`.
+fn least_squares_scale(x: &[f32; QK], w: &[f32; QK], q: &[u8; QK]) -> f32 {
     let (mut xq, mut qq) = (0.0f32, 0.0f32);
-    for (&v, &c) in x.iter().zip(q) {
+    for ((&v, &c), &wi) in x.iter().zip(q).zip(w) {
         let c = c as f32 - 8.0;
-        xq += v * c;
-        qq += c * c;
+        xq += wi * v * c;
+        qq += wi * c * c;
     }
     if qq == 0.0 {
         0.0
@@ -204,10 +212,22 @@ pub fn quantize_row_q8(x: &[f32], out: &mut Vec<BlockQ8>) {
 
 /// Quantises a row of `x.len()` values (a multiple of [`QK`]) to q4 blocks, appended to `out`.
 pub fn quantize_row_q4(x: &[f32], out: &mut Vec<BlockQ4>) {
+    quantize_row_q4_weighted(x, None, out);
+}
+
+/// As [`quantize_row_q4`], minimising the error weighted by `importance` (one weight per element
+/// of the row) when given.
+pub fn quantize_row_q4_weighted(x: &[f32], importance: Option<&[f32]>, out: &mut Vec<BlockQ4>) {
     debug_assert_eq!(x.len() % QK, 0);
-    for chunk in x.chunks_exact(QK) {
+    for (b, chunk) in x.chunks_exact(QK).enumerate() {
         let block: &[f32; QK] = chunk.try_into().expect("chunks_exact gives QK values");
-        out.push(BlockQ4::quantize(block));
+        let w = match importance {
+            Some(imp) => imp[b * QK..(b + 1) * QK]
+                .try_into()
+                .expect("importance has one weight per column"),
+            None => [1.0; QK],
+        };
+        out.push(BlockQ4::quantize_weighted(block, &w));
     }
 }
 
@@ -231,6 +251,25 @@ pub fn q4_blocks_to_bytes(blocks: &[BlockQ4], out: &mut Vec<u8>) {
 /// Quantised dtypes need `cols` to be a multiple of [`QK`] (the caller checks, see
 /// [`DType::row_bytes`]).
 pub fn encode_tensor(dtype: DType, values: &[f32], cols: usize) -> Vec<u8> {
+    encode_tensor_weighted(dtype, values, cols, None)
+}
+
+/// As [`encode_tensor`]; q4 rows minimise their rounding error weighted by `importance` (one
+/// non-negative weight per column) when it is given. Other dtypes
+/// ignore it.
+pub fn encode_tensor_weighted(
+    dtype: DType,
+    values: &[f32],
+    cols: usize,
+    importance: Option<&[f32]>,
+) -> Vec<u8> {
+    if let Some(imp) = importance {
+        assert_eq!(
+            imp.len(),
+            cols,
+            "encode_tensor_weighted: one weight per column"
+        );
+    }
     match dtype {
         DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::F16 => values
@@ -249,7 +288,7 @@ pub fn encode_tensor(dtype: DType, values: &[f32], cols: usize) -> Vec<u8> {
         DType::Q4 => {
             let mut blocks = Vec::with_capacity(values.len() / QK);
             for row in values.chunks_exact(cols) {
-                quantize_row_q4(row, &mut blocks);
+                quantize_row_q4_weighted(row, importance, &mut blocks);
             }
             let mut out = Vec::with_capacity(blocks.len() * 18);
             q4_blocks_to_bytes(&blocks, &mut out);
@@ -307,7 +346,8 @@ mod tests {
                 .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
             let plain = f16::from_f32(max / -8.0).to_f32();
             let b = BlockQ4::quantize(&x);
-            assert!(q4_error(&x, b.d.to_f32()) <= q4_error(&x, plain) + 1e-9);
+            let ones = [1.0; QK];
+            assert!(q4_error(&x, &ones, b.d.to_f32()) <= q4_error(&x, &ones, plain) + 1e-9);
         }
     }
 

@@ -3,6 +3,9 @@
 //! A [`Matrix`] is `rows × cols` weights stored row-major in one of the file's dtypes; for the
 //! model's linear layers a row holds one output feature's weights over all input features, so
 //! `y = W·x` is one dot product per row. Views borrow from the mapped file: nothing is copied.
+//!
+//! A [`SplitMatrix`] is a matrix whose first rows are stored in another dtype: `--quant q4-pure`
+//! keeps the token embedding rows of the most frequent tokens in q8 that way.
 
 use half::f16;
 
@@ -84,5 +87,54 @@ impl<'a> Matrix<'a> {
             cols: self.cols,
             weights,
         }
+    }
+}
+
+/// A matrix stored as two row ranges: rows `0..head.rows` in `head`, the rest in `tail`, possibly
+/// in different dtypes (both `cols` wide). Without a head it is just `tail`.
+#[derive(Clone, Copy, Debug)]
+pub struct SplitMatrix<'a> {
+    /// The first rows, if stored apart.
+    pub head: Option<Matrix<'a>>,
+    /// The remaining rows.
+    pub tail: Matrix<'a>,
+}
+
+impl<'a> SplitMatrix<'a> {
+    /// A matrix stored in one piece.
+    pub fn whole(m: Matrix<'a>) -> Self {
+        SplitMatrix {
+            head: None,
+            tail: m,
+        }
+    }
+
+    /// Total rows.
+    pub fn rows(&self) -> usize {
+        self.head.map_or(0, |h| h.rows) + self.tail.rows
+    }
+
+    /// Columns (the same in both parts).
+    pub fn cols(&self) -> usize {
+        self.tail.cols
+    }
+
+    /// Rows stored in the head part.
+    pub fn head_rows(&self) -> usize {
+        self.head.map_or(0, |h| h.rows)
+    }
+
+    /// The part holding row `r` and the row's index within it.
+    pub fn locate(&self, r: usize) -> (&Matrix<'a>, usize) {
+        match &self.head {
+            Some(h) if r < h.rows => (h, r),
+            Some(h) => (&self.tail, r - h.rows),
+            None => (&self.tail, r),
+        }
+    }
+
+    /// Bytes of weights in both parts.
+    pub fn byte_len(&self) -> usize {
+        self.head.map_or(0, |h| h.byte_len()) + self.tail.byte_len()
     }
 }

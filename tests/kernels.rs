@@ -5,7 +5,7 @@ use gpt2q::format::DType;
 use gpt2q::kernels::{self, KernelPath, MatmulScratch};
 use gpt2q::mmap::{self, ModelFile};
 use gpt2q::quant::encode_tensor;
-use gpt2q::tensor::{Matrix, Weights};
+use gpt2q::tensor::{Matrix, SplitMatrix, Weights};
 
 #[test]
 fn dispatch_picks_the_expected_path() {
@@ -111,5 +111,61 @@ fn a_nan_activation_reaches_every_output_of_its_token() {
             "{}: {second:?}",
             dtype.name()
         );
+    }
+}
+
+fn view(file: &ModelFile, dtype: DType, rows: usize, cols: usize) -> Matrix<'_> {
+    let b = file.bytes();
+    let weights = match dtype {
+        DType::F32 => Weights::F32(mmap::as_f32(b).unwrap()),
+        DType::F16 => Weights::F16(mmap::as_f16(b).unwrap()),
+        DType::Q8 => Weights::Q8(mmap::as_q8(b).unwrap()),
+        DType::Q4 => Weights::Q4(mmap::as_q4(b).unwrap()),
+    };
+    Matrix::new(rows, cols, weights).unwrap()
+}
+
+/// A matrix stored as q8 leading rows and q4 others (q4-pure's embedding) multiplies and looks
+/// rows up exactly as its two parts do on their own, for one token and for a batch.
+#[test]
+fn split_matrix_products_and_rows_match_their_parts() {
+    let (k, rows, cols) = (5, 23, 96);
+    let values = random(rows * cols, 17);
+    let head_file = ModelFile::from_bytes(&encode_tensor(DType::Q8, &values[..k * cols], cols));
+    let tail_file = ModelFile::from_bytes(&encode_tensor(DType::Q4, &values[k * cols..], cols));
+    let head = view(&head_file, DType::Q8, k, cols);
+    let tail = view(&tail_file, DType::Q4, rows - k, cols);
+    let split = SplitMatrix {
+        head: Some(head),
+        tail,
+    };
+    assert_eq!(
+        (split.rows(), split.cols(), split.head_rows()),
+        (rows, cols, k)
+    );
+    for tokens in [1, 4] {
+        let x = random(tokens * cols, 23);
+        let mut scratch = MatmulScratch::new(cols, rows, tokens);
+        let mut y = vec![0f32; tokens * rows];
+        kernels::matmul_split(&split, &x, tokens, &mut y, &mut scratch);
+        let (mut yh, mut yt) = (vec![0f32; tokens * k], vec![0f32; tokens * (rows - k)]);
+        kernels::matmul(&head, &x, tokens, &mut yh, &mut scratch);
+        kernels::matmul(&tail, &x, tokens, &mut yt, &mut scratch);
+        for t in 0..tokens {
+            let row = &y[t * rows..(t + 1) * rows];
+            assert_eq!(&row[..k], &yh[t * k..(t + 1) * k], "token {t} head");
+            assert_eq!(
+                &row[k..],
+                &yt[t * (rows - k)..(t + 1) * (rows - k)],
+                "token {t} tail"
+            );
+        }
+    }
+    let (mut got, mut want) = (vec![0f32; cols], vec![0f32; cols]);
+    for r in [0, k - 1, k, rows - 1] {
+        kernels::dequantize_split_row(&split, r, &mut got);
+        let (part, i) = if r < k { (&head, r) } else { (&tail, r - k) };
+        kernels::dequantize_row(part, i, &mut want);
+        assert_eq!(got, want, "row {r}");
     }
 }

@@ -108,3 +108,79 @@ fn a_missing_file_is_an_io_error() {
         Ok(_) => panic!("opened a missing file"),
     }
 }
+
+/// The default model rewritten with its embedding's first `k` rows moved to
+/// `wte.frequent.weight` (shape `head_shape`) and the rest left in `wte.weight` (`tail_shape`).
+fn split_embedding(k: usize, head_shape: [u64; 2], tail_shape: [u64; 2]) -> Vec<u8> {
+    use gpt2q::format::{DType, ModelWriter, TensorSpec};
+    let original = bytes();
+    let layout = Layout::parse(&original).unwrap();
+    let wte = layout.entry("wte.weight").unwrap().clone();
+    let row_bytes = DType::Q8.row_bytes(wte.shape[1]).unwrap() as usize;
+    let wte_data = layout.data(&wte);
+    let mut specs = Vec::new();
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    for t in &layout.tensors {
+        if t.name == "wte.weight" {
+            specs.push(TensorSpec {
+                name: "wte.frequent.weight".into(),
+                dtype: t.dtype,
+                shape: head_shape.to_vec(),
+            });
+            data.push(wte_data[..k * row_bytes].to_vec());
+            specs.push(TensorSpec {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: tail_shape.to_vec(),
+            });
+            data.push(wte_data[k * row_bytes..].to_vec());
+        } else {
+            specs.push(TensorSpec {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+            });
+            data.push(layout.data(t).to_vec());
+        }
+    }
+    let writer = ModelWriter::new(
+        layout.hparams,
+        layout.metadata.clone(),
+        layout.tokenizer.to_vec(),
+        specs,
+    )
+    .unwrap();
+    writer
+        .write_to_vec(|i, e| {
+            let mut d = data[i].clone();
+            d.resize(e.len as usize, 0);
+            Ok(d)
+        })
+        .unwrap()
+}
+
+/// An embedding stored as two row ranges (as `--quant q4-pure` writes it) gives the very logits
+/// of the same rows stored whole; inconsistent shapes are format errors.
+#[test]
+fn a_split_embedding_computes_what_the_whole_one_does() {
+    use gpt2q::model::Session;
+    let (v, e, k) = (50257u64, 256u64, 700usize);
+    let split = split_embedding(k, [k as u64, e], [v - k as u64, e]);
+    let whole = bytes();
+    let logits = |bytes: &[u8]| {
+        let file = ModelFile::from_bytes(bytes);
+        let model = Model::load(&file, true).unwrap();
+        let mut session = Session::new(&model, 16).unwrap();
+        // Ids on both sides of the split.
+        session
+            .prefill(&[464, 3290, 699, 700, 13, 50256])
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(logits(&split), logits(&whole));
+
+    let err = load_err(&split_embedding(k, [v, e], [v - k as u64, e]), false);
+    assert!(err.contains("wte.frequent.weight"), "{err}");
+    let err = load_err(&split_embedding(k, [k as u64, e], [v, e]), false);
+    assert!(err.contains("wte.weight"), "{err}");
+}

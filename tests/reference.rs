@@ -260,8 +260,8 @@ fn kl_against_f32(quant: Quant, windows: usize) -> (f64, f64) {
     (cmp.kl_mean(), cmp.top1_agreement())
 }
 
-/// The quality bars (64 windows: q8 ≤ 0.00003, q4 ≤ 0.0006 with ≥ 97.5% top-1), checked
-/// on 8 windows with margins so noise cannot flake; q4-pure is held to what it reaches today.
+/// The quality bars (64 windows: q8 ≤ 0.00003, q4 ≤ 0.0006 with ≥ 97.5% top-1, q4-pure
+/// ≤ 0.0012), checked on 8 windows with margins so noise cannot flake.
 #[test]
 fn quantised_models_stay_close_to_f32() {
     if EMULATED {
@@ -276,5 +276,5 @@ fn quantised_models_stay_close_to_f32() {
     let (kl, top1) = kl_against_f32(Quant::Q4, windows);
     assert!(kl <= 0.0008 && top1 >= 0.97, "q4: {kl} {top1}");
     let (kl, top1) = kl_against_f32(Quant::Q4Pure, windows);
-    assert!(kl <= 0.0025 && top1 >= 0.95, "q4-pure: {kl} {top1}");
+    assert!(kl <= 0.0014 && top1 >= 0.965, "q4-pure: {kl} {top1}");
 }

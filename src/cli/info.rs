@@ -150,6 +150,17 @@ pub fn run(args: Args) -> Result<()> {
             *bytes as f64 * 8.0 / *params as f64
         );
     }
+    let (matrix_weights, matrix_bytes) = model
+        .tensors
+        .iter()
+        .filter(|t| t.shape.len() == 2 && t.name != "wpe.weight")
+        .fold((0u64, 0u64), |(w, b), t| {
+            (w + t.shape.iter().product::<u64>(), b + t.len)
+        });
+    println!(
+        "matrices:    {:.3} bits/weight over {matrix_weights} weights (scales included; position embedding excluded)",
+        matrix_bytes as f64 * 8.0 / matrix_weights.max(1) as f64
+    );
     println!(
         "per token:   {:.1} MiB of weights read",
         mib(model.weight_bytes_per_token())

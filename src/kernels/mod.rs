@@ -23,7 +23,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
-use crate::tensor::{Matrix, Weights};
+use crate::tensor::{Matrix, SplitMatrix, Weights};
 
 /// Which implementation the dispatcher chose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +183,18 @@ fn poison_nan_blocks(xs: &[f32], act: &mut [BlockQ8Act]) {
     }
 }
 
+/// [`matmul`] over a matrix stored in two row ranges (the token embedding as LM head): `y` is
+/// `(n, w.rows())`, as if the parts were one matrix.
+pub fn matmul_split(
+    w: &SplitMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
+    matmul_parts(ops(), w.head.as_ref(), &w.tail, x, n, y, scratch);
+}
+
 /// [`matmul`] with a given table of operations (benchmarks compare SIMD with scalar this way).
 pub fn matmul_with(
     ops: &Ops,
@@ -192,28 +204,75 @@ pub fn matmul_with(
     y: &mut [f32],
     scratch: &mut MatmulScratch,
 ) {
-    assert_eq!(x.len(), n * w.cols, "matmul: input length");
-    assert_eq!(y.len(), n * w.rows, "matmul: output length");
+    matmul_parts(ops, None, w, x, n, y, scratch);
+}
+
+/// The product of the matrix whose rows are `head`'s (if any) then `tail`'s with `n` tokens.
+fn matmul_parts(
+    ops: &Ops,
+    head: Option<&Matrix<'_>>,
+    tail: &Matrix<'_>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
+    let cols = tail.cols;
+    let head_rows = head.map_or(0, |h| h.rows);
+    let rows = head_rows + tail.rows;
     assert!(
-        w.cols <= scratch.max_cols && n <= scratch.max_tokens,
+        head.is_none_or(|h| h.cols == cols),
+        "matmul: parts differ in width"
+    );
+    assert_eq!(x.len(), n * cols, "matmul: input length");
+    assert_eq!(y.len(), n * rows, "matmul: output length");
+    assert!(
+        cols <= scratch.max_cols && n <= scratch.max_tokens,
         "matmul: scratch too small"
     );
-    let nb = w.cols / QK;
+    let nb = cols / QK;
     let act = &mut scratch.act[..nb * n];
-    if matches!(w.weights, Weights::Q8(_) | Weights::Q4(_)) {
-        for (xs, a) in x.chunks_exact(w.cols).zip(act.chunks_exact_mut(nb)) {
+    let quantised = |w: &Matrix<'_>| matches!(w.weights, Weights::Q8(_) | Weights::Q4(_));
+    if quantised(tail) || head.is_some_and(quantised) {
+        for (xs, a) in x.chunks_exact(cols).zip(act.chunks_exact_mut(nb)) {
             (ops.quantize_act)(xs, a);
             poison_nan_blocks(xs, a);
         }
     }
     let act = &*act;
     // Row tiles in parallel, every token against a tile while it is in cache. A batch's output
-    // is produced transposed, `(rows, n)`, so each task writes one contiguous slice.
+    // is produced transposed, `(rows, n)`, so each task (and each part) writes one contiguous
+    // slice.
     let out = if n == 1 {
         &mut *y
     } else {
-        &mut scratch.out_t[..n * w.rows]
+        &mut scratch.out_t[..n * rows]
     };
+    let (out_head, out_tail) = out.split_at_mut(head_rows * n);
+    if let Some(h) = head {
+        matmul_part(ops, h, x, act, n, out_head);
+    }
+    matmul_part(ops, tail, x, act, n, out_tail);
+    if n > 1 {
+        let out_t = &scratch.out_t[..n * rows];
+        for r in 0..rows {
+            for t in 0..n {
+                y[t * rows + r] = out_t[r * n + t];
+            }
+        }
+    }
+}
+
+/// One matrix against `n` tokens (`x` as floats, `act` quantised) into `out`, `(w.rows, n)`.
+fn matmul_part(
+    ops: &Ops,
+    w: &Matrix<'_>,
+    x: &[f32],
+    act: &[BlockQ8Act],
+    n: usize,
+    out: &mut [f32],
+) {
+    let nb = w.cols / QK;
     rows_parallel(w, n, out, |part, ys| match part.weights {
         Weights::Q8(wb) => tiled(ops.matmul_q8, wb, act, nb, n, ys),
         Weights::Q4(wb) => tiled(ops.matmul_q4, wb, act, nb, n, ys),
@@ -225,14 +284,6 @@ pub fn matmul_with(
             }
         }
     });
-    if n > 1 {
-        let out_t = &scratch.out_t[..n * w.rows];
-        for r in 0..w.rows {
-            for t in 0..n {
-                y[t * w.rows + r] = out_t[r * n + t];
-            }
-        }
-    }
 }
 
 /// Float dot product of row `r` of `part` with one token's input (quantised weights go through
@@ -325,6 +376,12 @@ pub fn dequantize_row(w: &Matrix<'_>, r: usize, out: &mut [f32]) {
     assert!(r < w.rows, "dequantize_row: row {r} of {}", w.rows);
     assert_eq!(out.len(), w.cols, "dequantize_row: output length");
     scalar::dequantize_row(w, r, out);
+}
+
+/// Row `r` of a split matrix as floats (embedding lookup).
+pub fn dequantize_split_row(w: &SplitMatrix<'_>, r: usize, out: &mut [f32]) {
+    let (part, r) = w.locate(r);
+    dequantize_row(part, r, out);
 }
 
 /// `Σ a[i] · b[i]` with the fastest implementation.

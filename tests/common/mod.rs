@@ -8,7 +8,7 @@ pub mod fuzz_checks;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use gpt2q_convert::convert::{convert, Options, Quant};
+use gpt2q_convert::convert::{convert, Options, Quant, Weighting};
 use serde_json::Value;
 
 pub fn fixtures() -> PathBuf {
@@ -50,6 +50,7 @@ pub fn converted(quant: Quant) -> PathBuf {
                 force: true,
                 name: Some("tiny-gpt2".into()),
                 created_epoch: Some(EPOCH),
+                weighting: Weighting::default(),
             };
             convert(&checkpoint_dir(), &out, &opts, &mut |_, _, _| {})
                 .expect("conversion succeeds");

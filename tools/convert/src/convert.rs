@@ -8,11 +8,12 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gpt2q::format::{Activation, DType, HParams, ModelWriter, TensorEntry, TensorSpec};
-use gpt2q::quant::{encode_tensor, QK};
+use gpt2q::quant::{encode_tensor_weighted, QK};
 use gpt2q::tokenizer::Tokenizer;
 use gpt2q::{Error, Result};
 
 use crate::checkpoint::{Checkpoint, HfConfig};
+use crate::importance::ColumnImportance;
 
 /// The converter's version, recorded in every file it writes.
 pub const CONVERTER: &str = concat!("gpt2q-convert ", env!("CARGO_PKG_VERSION"));
@@ -31,7 +32,9 @@ pub enum Quant {
     /// (`--sensitivity`) shows it to be by far the most sensitive matrix of GPT-2; see
     /// docs/QUANTIZATION.md for the measured trade-off.
     Q4,
-    /// Every matrix in q4, the embedding included: the smallest file.
+    /// Every matrix in q4, the embedding included, except the embedding rows of the most
+    /// frequent tokens (the lowest ids: BPE's earliest merges), which take q8 as far as an
+    /// average of [`Q4_PURE_BITS_PER_WEIGHT`] over the matrices allows: the smallest file.
     Q4Pure,
 }
 
@@ -81,6 +84,29 @@ fn is_token_embedding(name: &str) -> bool {
     name == "wte.weight" || name == "lm_head.weight"
 }
 
+/// The average storage cost `--quant q4-pure` may reach over its quantised matrices (scales
+/// included): q4 is 4.5 bits per weight; the rest of the budget keeps frequent tokens' embedding
+/// rows in q8.
+pub const Q4_PURE_BITS_PER_WEIGHT: f64 = 4.6;
+
+impl Quant {
+    /// How many leading rows of the token embedding (and LM head) are stored apart in q8: under
+    /// `q4-pure`, as many as [`Q4_PURE_BITS_PER_WEIGHT`] allows; otherwise none.
+    pub fn frequent_rows(self, cfg: &HfConfig, explicit_lm_head: bool) -> usize {
+        let (v, e, i) = (cfg.n_vocab, cfg.n_embd, cfg.n_inner);
+        if self != Quant::Q4Pure || e % QK != 0 || i % QK != 0 {
+            return 0;
+        }
+        let heads = if explicit_lm_head { 2 } else { 1 };
+        let weights = heads * v * e + cfg.n_layer * (4 * e * e + 2 * e * i);
+        let bits = |d: DType| d.row_bytes(QK as u64).unwrap_or(0) as f64 * 8.0 / QK as f64;
+        let (q4_bits, q8_bits) = (bits(DType::Q4), bits(DType::Q8));
+        let spare = (Q4_PURE_BITS_PER_WEIGHT - q4_bits) * weights as f64;
+        let per_row = (q8_bits - q4_bits) * (heads * e) as f64;
+        ((spare / per_row) as usize).min(v.saturating_sub(1))
+    }
+}
+
 /// Options of one conversion.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -92,6 +118,35 @@ pub struct Options {
     pub name: Option<String>,
     /// Seconds since the epoch for the `created` metadata (`SOURCE_DATE_EPOCH`), for reproducible files.
     pub created_epoch: Option<u64>,
+    /// What the q4 scale search weights each column's rounding error by.
+    pub weighting: Weighting,
+}
+
+/// What the q4 scale search weights each column's rounding error by (see [`ColumnImportance`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Weighting {
+    /// Equal weights: the plain least squared error.
+    #[default]
+    Uniform,
+    /// The measured mean square of every matrix's input over this calibration text.
+    Activations {
+        /// The calibration text.
+        text: String,
+        /// How many of its tokens to run, from the start.
+        tokens: usize,
+    },
+}
+
+impl Weighting {
+    /// The column weights this choice gives for `ckpt`.
+    pub fn importance(&self, ckpt: &Checkpoint) -> Result<ColumnImportance> {
+        match self {
+            Weighting::Uniform => Ok(ColumnImportance::uniform()),
+            Weighting::Activations { text, tokens } => {
+                ColumnImportance::from_activations(ckpt, text, *tokens)
+            }
+        }
+    }
 }
 
 /// One tensor to write: its name in the file, and how to get its values from the checkpoint.
@@ -100,18 +155,24 @@ struct Planned {
     source: String,
     /// Conv1D weights are stored `(in, out)` by Hugging Face; we store `(out, in)`.
     transpose: bool,
+    /// Only these rows of the source (a split embedding's part), else all.
+    source_rows: Option<std::ops::Range<usize>>,
 }
 
 /// Chooses the dtype of each weight matrix by its name in the file.
 pub(crate) type MatrixPolicy<'a> = &'a dyn Fn(&str) -> DType;
 
-/// The tensors of a GPT-2 in file order, matrices in the dtypes `quant` picks.
-fn plan(cfg: &HfConfig, quant: MatrixPolicy<'_>, explicit_lm_head: bool) -> Vec<Planned> {
+/// The tensors of a GPT-2 in file order, matrices in the dtypes `quant` picks; with `frequent`
+/// rows, the token embedding (and LM head) is split into those rows in q8 and the rest.
+fn plan(
+    cfg: &HfConfig,
+    quant: MatrixPolicy<'_>,
+    explicit_lm_head: bool,
+    frequent: usize,
+) -> Vec<Planned> {
     let (e, i, v, c) = (cfg.n_embd, cfg.n_inner, cfg.n_vocab, cfg.n_positions);
-    let mut out = vec![
-        matrix("wte.weight", v, e, quant, false),
-        embedding("wpe.weight", c, e, quant),
-    ];
+    let mut out = token_matrix("wte", v, e, quant, frequent);
+    out.push(embedding("wpe.weight", c, e, quant));
     for l in 0..cfg.n_layer {
         let p = format!("h.{l}");
         out.push(vector(&format!("{p}.ln_1.weight"), e));
@@ -142,9 +203,30 @@ fn plan(cfg: &HfConfig, quant: MatrixPolicy<'_>, explicit_lm_head: bool) -> Vec<
     out.push(vector("ln_f.weight", e));
     out.push(vector("ln_f.bias", e));
     if explicit_lm_head {
-        out.push(matrix("lm_head.weight", v, e, quant, false));
+        out.extend(token_matrix("lm_head", v, e, quant, frequent));
     }
     out
+}
+
+/// `PREFIX.weight`, `(rows, cols)`; with `frequent` rows, `PREFIX.frequent.weight` (those rows in
+/// q8) and `PREFIX.weight` (the others), as the loader expects.
+fn token_matrix(
+    prefix: &str,
+    rows: usize,
+    cols: usize,
+    quant: MatrixPolicy<'_>,
+    frequent: usize,
+) -> Vec<Planned> {
+    let name = format!("{prefix}.weight");
+    if frequent == 0 {
+        return vec![matrix(&name, rows, cols, quant, false)];
+    }
+    let mut head = matrix(&name, frequent, cols, &|_| DType::Q8, false);
+    head.spec.name = format!("{prefix}.frequent.weight");
+    head.source_rows = Some(0..frequent);
+    let mut tail = matrix(&name, rows - frequent, cols, quant, false);
+    tail.source_rows = Some(frequent..rows);
+    vec![head, tail]
 }
 
 fn vector(name: &str, n: usize) -> Planned {
@@ -156,6 +238,7 @@ fn vector(name: &str, n: usize) -> Planned {
         },
         source: name.to_string(),
         transpose: false,
+        source_rows: None,
     }
 }
 
@@ -180,6 +263,7 @@ fn matrix(
         },
         source: name.to_string(),
         transpose,
+        source_rows: None,
     }
 }
 
@@ -277,13 +361,16 @@ pub fn convert(
         )));
     }
     let ckpt = Checkpoint::open(dir)?;
+    let importance = opts.weighting.importance(&ckpt)?;
     let policy = |name: &str| opts.quant.matrix_dtype(name);
-    let (writer, planned) = prepare(&ckpt, &policy, |planned| metadata(&ckpt, opts, planned))?;
+    let (writer, planned) = prepare(&ckpt, &policy, opts.quant, |planned| {
+        metadata(&ckpt, opts, planned)
+    })?;
     let n = planned.len();
     let data = |i: usize, _: &TensorEntry| {
         let p = &planned[i];
         progress(i, n, &p.spec.name);
-        tensor_bytes(&ckpt, p)
+        tensor_bytes(&ckpt, p, &importance)
     };
     if opts.force {
         writer.write_atomic(out, data)
@@ -295,9 +382,11 @@ pub fn convert(
 
 /// A writer for `ckpt` with its matrices in the dtypes `policy` picks, and the tensors in the
 /// order the writer asks for their bytes.
+/// `quant` decides whether the token embedding is split (see [`Quant::frequent_rows`]).
 fn prepare(
     ckpt: &Checkpoint,
     policy: MatrixPolicy<'_>,
+    quant: Quant,
     metadata: impl FnOnce(&[Planned]) -> Vec<(String, String)>,
 ) -> Result<(ModelWriter, Vec<Planned>)> {
     let cfg = &ckpt.config;
@@ -305,24 +394,29 @@ fn prepare(
     let mut section = Vec::new();
     tokenizer.write_section(&mut section);
     let explicit_lm_head = ckpt.has_lm_head() && !ckpt.lm_head_is_tied()?;
-    let planned = plan(cfg, policy, explicit_lm_head);
+    let frequent = quant.frequent_rows(cfg, explicit_lm_head);
+    let planned = plan(cfg, policy, explicit_lm_head, frequent);
     let specs = planned.iter().map(|p| p.spec.clone()).collect();
     let writer = ModelWriter::new(hparams(cfg)?, metadata(&planned), section, specs)?;
     Ok((writer, planned))
 }
 
-/// The whole model file for `ckpt` in memory, matrices in the dtypes `policy` picks (no
-/// metadata: for measurements, not for users).
-pub(crate) fn model_bytes(ckpt: &Checkpoint, policy: MatrixPolicy<'_>) -> Result<Vec<u8>> {
-    let (writer, planned) = prepare(ckpt, policy, |_| Vec::new())?;
-    writer.write_to_vec(|i, _| tensor_bytes(ckpt, &planned[i]))
+/// The whole model file for `ckpt` in memory, matrices in the dtypes `policy` picks, none split
+/// (no metadata: for measurements, not for users).
+pub(crate) fn model_bytes(
+    ckpt: &Checkpoint,
+    policy: MatrixPolicy<'_>,
+    importance: &ColumnImportance,
+) -> Result<Vec<u8>> {
+    let (writer, planned) = prepare(ckpt, policy, Quant::F32, |_| Vec::new())?;
+    writer.write_to_vec(|i, _| tensor_bytes(ckpt, &planned[i], importance))
 }
 
 /// The names and sizes (in weights) of `ckpt`'s weight matrices in file order, position
 /// embeddings excluded (they are never quantised).
 pub(crate) fn matrix_names(ckpt: &Checkpoint) -> Result<Vec<(String, u64)>> {
     let explicit_lm_head = ckpt.has_lm_head() && !ckpt.lm_head_is_tied()?;
-    let names = plan(&ckpt.config, &|_| DType::F32, explicit_lm_head)
+    let names = plan(&ckpt.config, &|_| DType::F32, explicit_lm_head, 0)
         .into_iter()
         .filter(|p| p.spec.shape.len() == 2 && p.spec.name != "wpe.weight")
         .map(|p| (p.spec.name, p.spec.shape.iter().product()))
@@ -330,14 +424,18 @@ pub(crate) fn matrix_names(ckpt: &Checkpoint) -> Result<Vec<(String, u64)>> {
     Ok(names)
 }
 
-fn tensor_bytes(ckpt: &Checkpoint, p: &Planned) -> Result<Vec<u8>> {
+fn tensor_bytes(ckpt: &Checkpoint, p: &Planned, importance: &ColumnImportance) -> Result<Vec<u8>> {
     let mut values = ckpt.read(&p.source)?;
     let cols = *p.spec.shape.last().unwrap_or(&1) as usize;
+    if let Some(rows) = &p.source_rows {
+        values = values[rows.start * cols..rows.end * cols].to_vec();
+    }
     if p.transpose {
         let rows = p.spec.shape[0] as usize;
         values = transpose(&values, cols, rows);
     }
-    Ok(encode_tensor(p.spec.dtype, &values, cols))
+    let weights = importance.get(&p.spec.name).filter(|w| w.len() == cols);
+    Ok(encode_tensor_weighted(p.spec.dtype, &values, cols, weights))
 }
 
 /// Transposes a row-major `(rows, cols)` matrix into `(cols, rows)`.

@@ -3,5 +3,6 @@
 
 pub mod checkpoint;
 pub mod convert;
+pub mod importance;
 pub mod safetensors;
 pub mod sensitivity;

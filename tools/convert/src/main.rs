@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use gpt2q_convert::convert::{convert, Options, Quant};
+use gpt2q_convert::convert::{convert, Options, Quant, Weighting};
 use gpt2q_convert::sensitivity::{format_report, tensor_sensitivity, SensitivityOptions};
 
 /// Convert a Hugging Face GPT-2 checkpoint directory (config.json, vocab.json, merges.txt,
@@ -36,7 +36,11 @@ struct Args {
     /// KL divergence it causes on this calibration text when it alone is stored in q4.
     #[arg(long, value_name = "TEXT_FILE", conflicts_with = "output")]
     sensitivity: Option<PathBuf>,
-    /// Tokens of the calibration text the sensitivity report scores.
+    /// Weight each q4 block's rounding error by the mean square of the activations its columns
+    /// multiply, measured over this calibration text (default: equal weights).
+    #[arg(long, value_name = "TEXT_FILE")]
+    calib: Option<PathBuf>,
+    /// Tokens of the calibration text used by --calib and --sensitivity.
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(2..))]
     calib_tokens: u32,
 }
@@ -75,6 +79,7 @@ fn run(args: &Args) -> gpt2q::Result<()> {
         created_epoch: std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|s| s.parse().ok()),
+        weighting: weighting(args)?,
     };
     let start = Instant::now();
     let live = !args.quiet && std::io::stderr().is_terminal();
@@ -99,15 +104,31 @@ fn run(args: &Args) -> gpt2q::Result<()> {
     Ok(())
 }
 
-fn report_sensitivity(args: &Args, text_path: &Path) -> gpt2q::Result<()> {
-    let bytes = std::fs::read(text_path).map_err(|e| gpt2q::Error::io(text_path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
+/// The q4 column weighting the flags ask for.
+fn weighting(args: &Args) -> gpt2q::Result<Weighting> {
+    Ok(match &args.calib {
+        Some(path) => Weighting::Activations {
+            text: read_text(path)?,
+            tokens: args.calib_tokens as usize,
+        },
+        None => Weighting::Uniform,
+    })
+}
+
+/// A UTF-8 text file.
+fn read_text(path: &Path) -> gpt2q::Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| gpt2q::Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
         gpt2q::Error::invalid(format!(
             "{} is not valid UTF-8 (bad byte at offset {})",
-            text_path.display(),
+            path.display(),
             e.utf8_error().valid_up_to()
         ))
-    })?;
+    })
+}
+
+fn report_sensitivity(args: &Args, text_path: &Path) -> gpt2q::Result<()> {
+    let text = read_text(text_path)?;
     let opts = SensitivityOptions {
         tokens: args.calib_tokens as usize,
         ..SensitivityOptions::default()

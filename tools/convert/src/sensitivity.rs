@@ -16,6 +16,7 @@ use gpt2q::{Error, Result};
 
 use crate::checkpoint::Checkpoint;
 use crate::convert::{matrix_names, model_bytes};
+use crate::importance::ColumnImportance;
 
 /// How much of the calibration text to score.
 #[derive(Clone, Copy, Debug)]
@@ -59,7 +60,8 @@ pub fn tensor_sensitivity(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Vec<Sensitivity>> {
     let ckpt = Checkpoint::open(dir)?;
-    let base_file = ModelFile::from_bytes(&model_bytes(&ckpt, &|_| DType::F16)?);
+    let importance = ColumnImportance::uniform();
+    let base_file = ModelFile::from_bytes(&model_bytes(&ckpt, &|_| DType::F16, &importance)?);
     let base = Model::load(&base_file, false)?;
     let window = opts.window.min(base.hparams.n_ctx as usize);
     let mut ids = base.tokenizer.encode(text);
@@ -76,7 +78,7 @@ pub fn tensor_sensitivity(
     for (i, (name, weights)) in names.iter().enumerate() {
         progress(i, names.len(), name);
         let only_this = |n: &str| if n == name { DType::Q4 } else { DType::F16 };
-        let file = ModelFile::from_bytes(&model_bytes(&ckpt, &only_this)?);
+        let file = ModelFile::from_bytes(&model_bytes(&ckpt, &only_this, &importance)?);
         let model = Model::load(&file, false)?;
         let mut session = Session::for_scoring(&model, window)?;
         let mut base_session = Session::for_scoring(&base, window)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use gpt2q::mmap::ModelFile;
 use gpt2q::model::{Model, Session};
-use gpt2q_convert::convert::{convert, Options, Quant};
+use gpt2q_convert::convert::{convert, Options, Quant, Weighting};
 use serde_json::{json, Map, Value};
 
 const EPOCH: u64 = 1_795_824_000;
@@ -30,6 +30,7 @@ fn options(quant: Quant) -> Options {
         force: true,
         name: Some("tiny".into()),
         created_epoch: Some(EPOCH),
+        weighting: Weighting::default(),
     }
 }
 
@@ -124,6 +125,7 @@ fn committed_default_model_is_the_converters_output() {
         force: true,
         name: None,
         created_epoch: Some(EPOCH),
+        weighting: Weighting::default(),
     };
     convert(&fixture(), &out, &opts, &mut |_, _, _| {}).unwrap();
     assert!(
@@ -304,28 +306,51 @@ fn existing_output_needs_force() {
 }
 
 #[test]
-fn q4_keeps_the_embedding_in_q8_and_q4_pure_does_not() {
+fn q4_keeps_the_embedding_in_q8_and_q4_pure_only_its_frequent_rows() {
     use gpt2q::format::DType;
     let dir = scratch_dir("q4-policy");
-    for (quant, wte) in [(Quant::Q4, DType::Q8), (Quant::Q4Pure, DType::Q4)] {
-        let bytes = convert_to(
+    for quant in [Quant::Q4, Quant::Q4Pure] {
+        let file_bytes = convert_to(
             &fixture(),
             &dir.join(format!("{}.g2q", quant.name())),
             quant,
         )
         .unwrap();
-        let layout = gpt2q::format::Layout::parse(&bytes).unwrap();
-        let dtype = |name: &str| {
-            layout
-                .tensors
-                .iter()
-                .find(|t| t.name == name)
-                .unwrap()
-                .dtype
-        };
-        assert_eq!(dtype("wte.weight"), wte, "{}", quant.name());
+        let layout = gpt2q::format::Layout::parse(&file_bytes).unwrap();
+        let tensor = |name: &str| layout.tensors.iter().find(|t| t.name == name);
+        let dtype = |name: &str| tensor(name).unwrap().dtype;
         assert_eq!(dtype("h.0.mlp.c_fc.weight"), DType::Q4);
         assert_eq!(dtype("wpe.weight"), DType::F16);
+        let (weights, bytes) = layout
+            .tensors
+            .iter()
+            .filter(|t| t.shape.len() == 2 && t.name != "wpe.weight")
+            .fold((0u64, 0u64), |(w, b), t| {
+                (w + t.shape.iter().product::<u64>(), b + t.len)
+            });
+        let bits_per_weight = bytes as f64 * 8.0 / weights as f64;
+        if quant == Quant::Q4 {
+            assert_eq!(dtype("wte.weight"), DType::Q8);
+            assert!(tensor("wte.frequent.weight").is_none());
+            continue;
+        }
+        // q4-pure: the lowest token ids' rows in q8, the rest in q4, within the bit budget.
+        let (head, tail) = (
+            tensor("wte.frequent.weight").unwrap(),
+            tensor("wte.weight").unwrap(),
+        );
+        assert_eq!((head.dtype, tail.dtype), (DType::Q8, DType::Q4));
+        assert_eq!(head.shape[0] + tail.shape[0], 50257);
+        assert!(head.shape[0] > 1000, "{:?}", head.shape);
+        assert!(
+            (4.5..=gpt2q_convert::convert::Q4_PURE_BITS_PER_WEIGHT).contains(&bits_per_weight),
+            "{bits_per_weight}"
+        );
+        // The runtime reads it back as one embedding of the whole vocabulary.
+        let file = ModelFile::from_bytes(&file_bytes);
+        let model = Model::load(&file, false).unwrap();
+        assert_eq!(model.wte.head_rows() as u64, head.shape[0]);
+        assert_eq!(model.wte.rows(), 50257);
     }
 }
 
@@ -345,4 +370,35 @@ fn the_sensitivity_report_ranks_every_matrix() {
         .iter()
         .all(|r| r.kl_mean.is_finite() && r.kl_mean >= 0.0));
     assert_eq!(rows[0].tensor, "wte.weight");
+}
+
+#[test]
+fn calibration_measures_every_matrix_input() {
+    use gpt2q_convert::checkpoint::Checkpoint;
+    use gpt2q_convert::importance::ColumnImportance;
+    let text = std::fs::read_to_string(fixture().join("../heldout.txt")).unwrap();
+    let ckpt = Checkpoint::open(&fixture()).unwrap();
+    let imp = ColumnImportance::from_activations(&ckpt, &text, 300).unwrap();
+    let (e, i) = (256, 1024);
+    let mut names = vec![("wte.weight".to_string(), e)];
+    for l in 0..4 {
+        names.push((format!("h.{l}.attn.c_attn.weight"), e));
+        names.push((format!("h.{l}.attn.c_proj.weight"), e));
+        names.push((format!("h.{l}.mlp.c_fc.weight"), e));
+        names.push((format!("h.{l}.mlp.c_proj.weight"), i));
+    }
+    for (name, cols) in names {
+        let w = imp
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} has no weights"));
+        assert_eq!(w.len(), cols, "{name}");
+        assert!(w.iter().all(|v| v.is_finite() && *v > 0.0), "{name}");
+        // Not flat: the activations' mean squares differ between channels.
+        let (lo, hi) = w
+            .iter()
+            .fold((f32::MAX, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(hi > 1.5 * lo, "{name}: {lo}..{hi}");
+    }
+    let err = ColumnImportance::from_activations(&ckpt, "", 300).unwrap_err();
+    assert!(err.to_string().contains("at least 2"), "{err}");
 }
