@@ -273,15 +273,15 @@ impl KvCache {
         out.fill(0.0);
         match &self.values {
             Store::F32(v) => {
+                let axpy = kernels::ops().axpy;
                 for (&p, value) in weights.iter().zip(v[a..b].chunks_exact(hd)) {
-                    kernels::axpy(out, p, value);
+                    axpy(out, p, value);
                 }
             }
             Store::F16(v) => {
+                let axpy = kernels::ops().axpy_f16;
                 for (&p, value) in weights.iter().zip(v[a..b].chunks_exact(hd)) {
-                    for (o, x) in out.iter_mut().zip(value) {
-                        *o += p * x.to_f32();
-                    }
+                    axpy(out, p, value);
                 }
             }
             Store::Q8 { q, scale } => {

@@ -2,7 +2,8 @@
 //! all three (Haswell / Zen and later).
 //!
 //! This module owns the SIMD twins of [`super::scalar`]'s `quantize_act`, `dot_q8`, `dot_q4`,
-//! `dot_f16` and `dot_f32`. Each table entry is a safe wrapper that checks lengths like its scalar
+//! `dot_f16` and `dot_f32` (the element-wise ops — GELU, softmax, layer norm, axpy — are in the
+//! [`elem`] submodule). Each table entry is a safe wrapper that checks lengths like its scalar
 //! twin and calls a `#[target_feature]` implementation.
 //!
 //! * `quantize_act` is bit-identical to the scalar one (same division, round-half-to-even,
@@ -14,6 +15,8 @@
 //!   one instruction) into two accumulators; q4 handles two blocks per 256-bit vector.
 //! * The float dot products use four FMA accumulators over 32 elements, then 8 at a time, then
 //!   a scalar tail.
+
+mod elem;
 
 use std::arch::x86_64::*;
 
@@ -37,6 +40,12 @@ pub(super) unsafe fn ops() -> Ops {
         dot_f32,
         matmul_q8,
         matmul_q4,
+        layer_norm: elem::layer_norm,
+        gelu_tanh: elem::gelu_tanh,
+        softmax: elem::softmax,
+        add_assign: elem::add_assign,
+        axpy: elem::axpy,
+        axpy_f16: elem::axpy_f16,
     }
 }
 

@@ -77,7 +77,47 @@ pub struct Ops {
     pub matmul_q8: fn(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]),
     /// [`Ops::matmul_q8`] for q4 weights (each product as [`Ops::dot_q4`]).
     pub matmul_q4: fn(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]),
+    /// Layer norm of `x` into `out` (all four slices equally long): `(x − mean) / √(var + eps)
+    /// · weight + bias`, biased variance.
+    pub layer_norm: LayerNormFn,
+    /// GELU, tanh approximation (GPT-2's `gelu_new`), in place. NaN stays NaN.
+    pub gelu_tanh: fn(x: &mut [f32]),
+    /// Softmax in place (max subtracted first). Any NaN input makes every output NaN.
+    pub softmax: fn(x: &mut [f32]),
+    /// `acc += x` element-wise (equal lengths; bit-identical in every table).
+    pub add_assign: fn(acc: &mut [f32], x: &[f32]),
+    /// `acc += s · x` element-wise, product and sum rounded separately (equal lengths;
+    /// bit-identical in every table).
+    pub axpy: fn(acc: &mut [f32], s: f32, x: &[f32]),
+    /// [`Ops::axpy`] with f16 `x` (the f16 KV cache's weighted sum of values).
+    pub axpy_f16: fn(acc: &mut [f32], s: f32, x: &[f16]),
 }
+
+/// Constants of the vector `exp` both SIMD instruction sets use (Cephes `expf`).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod exp_consts {
+    /// Inputs above this give `+inf`. It keeps `n = round(x · log2 e)` at most 127, so `2^n` is
+    /// finite; the true `e^x` overflows only above 88.72, so `(88.37, 88.72]` saturates early.
+    pub(super) const EXP_HI: f32 = 88.37;
+    /// Inputs below this (`e^x` < 2^−126, the smallest normal float) give `0`.
+    pub(super) const EXP_LO: f32 = -87.336_55;
+    /// `ln 2` split so that `n · LN2_HI` is exact for `|n| ≤ 128` (Cephes' C1, C2).
+    pub(super) const LN2_HI: f32 = 0.693_359_4;
+    /// The rest of `ln 2`.
+    pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
+    /// Cephes `expf` coefficients (the last, 0.5000000120, rounds to 0.5 in f32), highest first, of `e^r ≈ 1 + r + r²·P(r)` on `|r| ≤ ln2 / 2`.
+    pub(super) const EXP_P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+}
+
+/// Signature of [`Ops::layer_norm`]: `(x, weight, bias, eps, out)`.
+pub type LayerNormFn = fn(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]);
 
 /// Checks the shapes of a [`Ops::matmul_q8`] / [`Ops::matmul_q4`] call and returns
 /// `(rows, tokens)`. Panics on a mismatch (a bug in the caller, never user input).
@@ -390,12 +430,35 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     (ops().dot_f32)(a, b)
 }
 
-pub use scalar::{add_assign, axpy, gelu_erf, gelu_tanh, softmax};
+/// GELU with the exact error function, in place (scalar only: GPT-2 itself uses the tanh form).
+pub use scalar::gelu_erf;
+
+/// GELU, tanh approximation (GPT-2's `gelu_new`), in place, with the fastest implementation.
+pub fn gelu_tanh(x: &mut [f32]) {
+    (ops().gelu_tanh)(x);
+}
+
+/// Softmax in place, with the fastest implementation.
+pub fn softmax(x: &mut [f32]) {
+    (ops().softmax)(x);
+}
+
+/// `acc += x` element-wise.
+pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "add_assign: lengths");
+    (ops().add_assign)(acc, x);
+}
+
+/// `acc += s · x` element-wise.
+pub fn axpy(acc: &mut [f32], s: f32, x: &[f32]) {
+    assert_eq!(acc.len(), x.len(), "axpy: lengths");
+    (ops().axpy)(acc, s, x);
+}
 
 /// Layer norm of `x` into `out`.
 pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
     assert!(x.len() == weight.len() && x.len() == bias.len() && x.len() == out.len());
-    scalar::layer_norm(x, weight, bias, eps, out);
+    (ops().layer_norm)(x, weight, bias, eps, out);
 }
 
 #[cfg(test)]
@@ -580,6 +643,236 @@ mod tests {
         (ops().matmul_q4)(&w4, &x, 1, &mut a);
         scalar::matmul_q4(&w4, &x, 1, &mut b);
         assert_eq!(a, b);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Element-wise kernels: the dispatched table against the scalar twins.
+
+    /// Lengths: below, at and around the vector widths (4 and 8), and GPT-2's widths up to
+    /// gpt2-xl's MLP (6400).
+    const ELEM_LENS: [usize; 9] = [1, 7, 31, 33, 64, 100, 768, 1600, 6400];
+
+    impl Rng {
+        /// Uniform in [−a, a).
+        fn uniform(&mut self, a: f32) -> f32 {
+            ((self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * a
+        }
+    }
+
+    /// Test rows of length `n`: uniform at three scales, edge values (±80, ±1e4, ±0) mixed with
+    /// ordinary ones, and rows of one repeated edge value.
+    fn elem_rows(rng: &mut Rng, n: usize) -> Vec<Vec<f32>> {
+        const EDGES: [f32; 8] = [80.0, -80.0, 1e4, -1e4, 0.0, -0.0, 5.0, -5.0];
+        let mut rows: Vec<Vec<f32>> = [1.0, 8.0, 80.0]
+            .iter()
+            .map(|&a| (0..n).map(|_| rng.uniform(a)).collect())
+            .collect();
+        rows.push(
+            (0..n)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        EDGES[(i / 3) % EDGES.len()]
+                    } else {
+                        rng.uniform(4.0)
+                    }
+                })
+                .collect(),
+        );
+        for e in [80.0, -1e4, -0.0] {
+            rows.push(vec![e; n]);
+        }
+        rows
+    }
+
+    /// NaN in both, the same infinity, or `|got − want| ≤ bound`.
+    fn close(got: f32, want: f32, bound: f64) -> bool {
+        if want.is_nan() || got.is_nan() {
+            return want.is_nan() && got.is_nan();
+        }
+        if want.is_infinite() || got.is_infinite() {
+            return got == want;
+        }
+        ((got - want) as f64).abs() <= bound
+    }
+
+    /// GELU: `|Δ| ≤ 1e-6·|want| + 2e-7·|x|`. The relative term covers the vector exp (≲ 4e-7)
+    /// and the division; the `|x|` term covers the scalar twin's own rounding of `1 + tanh u`
+    /// near `x ≈ −3..−10`, where `0.5·x·(1 + tanh u)` keeps only an absolute accuracy of about
+    /// `0.5·|x|·ulp(1)` (the SIMD form `x / (1 + e^(−2u))` has no such cancellation).
+    #[test]
+    fn gelu_tanh_agrees_with_scalar() {
+        let mut rng = Rng(0x5EED_0001);
+        let mut worst = 0f64;
+        for n in ELEM_LENS {
+            let mut rows = elem_rows(&mut rng, n);
+            // NaN (at the start, in the middle, in the tail) and infinities.
+            let mut special: Vec<f32> = (0..n).map(|_| rng.uniform(6.0)).collect();
+            for (i, v) in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30]
+                .into_iter()
+                .enumerate()
+            {
+                special[(i * 7 + n / 2) % n] = v;
+            }
+            special[n - 1] = f32::NAN;
+            special[0] = f32::NAN;
+            rows.push(special);
+            for x in rows {
+                let (mut got, mut want) = (x.clone(), x.clone());
+                (ops().gelu_tanh)(&mut got);
+                scalar::gelu_tanh(&mut want);
+                for i in 0..n {
+                    let bound = 1e-6 * want[i].abs() as f64 + 2e-7 * x[i].abs() as f64;
+                    assert!(
+                        close(got[i], want[i], bound),
+                        "gelu len {n} [{i}] x={}: {} vs {}",
+                        x[i],
+                        got[i],
+                        want[i]
+                    );
+                    if x[i].is_nan() {
+                        assert!(got[i].is_nan(), "gelu must propagate NaN");
+                    }
+                    if got[i].is_finite() && want[i].is_finite() && bound > 0.0 {
+                        worst = worst.max(((got[i] - want[i]) as f64).abs() / bound);
+                    }
+                }
+            }
+        }
+        println!("gelu: worst |Δ| / bound = {worst:.3}");
+    }
+
+    /// Softmax: `|Δp| ≤ p · (2e-6 + 1.2e-7·len) + 1e-37`. The vector exp is within ~4e-7
+    /// relative; the sums run in different orders, whose worst case is `len · ulp/2` relative
+    /// for each (the measured error is far smaller, see the printed ratio). The absolute term:
+    /// the SIMD exp flushes `e^x < 2^−126` to 0 where the scalar one returns a subnormal.
+    #[test]
+    fn softmax_agrees_with_scalar() {
+        let mut rng = Rng(0x5EED_0002);
+        let mut worst = 0f64;
+        for n in ELEM_LENS {
+            let mut rows = elem_rows(&mut rng, n);
+            // Masked (−inf) positions with a finite maximum, as a causal mask would give.
+            let mut masked: Vec<f32> = (0..n).map(|_| rng.uniform(10.0)).collect();
+            for i in (1..n).step_by(3) {
+                masked[i] = f32::NEG_INFINITY;
+            }
+            rows.push(masked);
+            for x in rows {
+                let (mut got, mut want) = (x.clone(), x.clone());
+                (ops().softmax)(&mut got);
+                scalar::softmax(&mut want);
+                let rel = 2e-6 + 1.2e-7 * n as f64;
+                for i in 0..n {
+                    let bound = rel * want[i] as f64 + 1e-37;
+                    assert!(
+                        close(got[i], want[i], bound),
+                        "softmax len {n} [{i}] x={}: {} vs {}",
+                        x[i],
+                        got[i],
+                        want[i]
+                    );
+                    worst = worst.max(((got[i] - want[i]) as f64).abs() / bound);
+                }
+            }
+            // One NaN anywhere (first, middle, last) makes every output NaN, in both.
+            for pos in [0, n / 2, n - 1] {
+                let mut x: Vec<f32> = (0..n).map(|_| rng.uniform(3.0)).collect();
+                x[pos] = f32::NAN;
+                let mut want = x.clone();
+                scalar::softmax(&mut want);
+                (ops().softmax)(&mut x);
+                assert!(
+                    x.iter().all(|v| v.is_nan()),
+                    "softmax len {n}: NaN at {pos}"
+                );
+                assert!(want.iter().all(|v| v.is_nan()));
+            }
+        }
+        println!("softmax: worst |Δ| / bound = {worst:.3}");
+        let mut empty: [f32; 0] = [];
+        (ops().softmax)(&mut empty);
+    }
+
+    /// Layer norm: `|Δ| ≤ 1e-5 · (|w|·inv·(|x − mean| + mean|x|) + |b|)` with `inv = 1/√(var+eps)`:
+    /// the two implementations sum `x` and `(x − mean)²` in different orders, so the mean moves
+    /// by a few ulp of `mean|x|` (amplified by `inv`, which is large for near-constant rows).
+    #[test]
+    fn layer_norm_agrees_with_scalar() {
+        let mut rng = Rng(0x5EED_0003);
+        let mut worst = 0f64;
+        for n in ELEM_LENS {
+            let w: Vec<f32> = (0..n).map(|_| rng.uniform(2.0)).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.uniform(1.0)).collect();
+            let mut rows = elem_rows(&mut rng, n);
+            let mut with_nan: Vec<f32> = (0..n).map(|_| rng.uniform(1.0)).collect();
+            with_nan[n / 2] = f32::NAN;
+            rows.push(with_nan);
+            for x in rows {
+                let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
+                (ops().layer_norm)(&x, &w, &b, 1e-5, &mut got);
+                scalar::layer_norm(&x, &w, &b, 1e-5, &mut want);
+                let nf = n as f64;
+                let mean = x.iter().map(|&v| v as f64).sum::<f64>() / nf;
+                let mean_abs = x.iter().map(|&v| v.abs() as f64).sum::<f64>() / nf;
+                let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / nf;
+                let inv = 1.0 / (var + 1e-5).sqrt();
+                for i in 0..n {
+                    let scale = w[i].abs() as f64 * inv * ((x[i] as f64 - mean).abs() + mean_abs)
+                        + b[i].abs() as f64;
+                    let bound = 1e-5 * scale;
+                    assert!(
+                        close(got[i], want[i], bound),
+                        "layer_norm len {n} [{i}] x={}: {} vs {}",
+                        x[i],
+                        got[i],
+                        want[i]
+                    );
+                    if bound.is_finite() {
+                        worst = worst.max(((got[i] - want[i]) as f64).abs() / bound);
+                    }
+                }
+            }
+        }
+        println!("layer_norm: worst |Δ| / bound = {worst:.3}");
+    }
+
+    /// Same bits, or NaN in both.
+    fn same(got: &[f32], want: &[f32], what: &str) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{what} [{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    /// `add_assign`, `axpy` and `axpy_f16` round the product and the sum separately in every
+    /// table, so they must match the scalar twins bit for bit.
+    #[test]
+    fn add_assign_and_axpy_match_scalar_bitwise() {
+        let mut rng = Rng(0x5EED_0004);
+        for n in ELEM_LENS {
+            let rows = elem_rows(&mut rng, n);
+            let mut acc0: Vec<f32> = (0..n).map(|_| rng.uniform(50.0)).collect();
+            acc0[n / 2] = f32::NAN;
+            for x in &rows {
+                let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+                for s in [0.37f32, -1e-3, 0.0, -0.0, 1e4] {
+                    let (mut got, mut want) = (acc0.clone(), acc0.clone());
+                    (ops().axpy)(&mut got, s, x);
+                    scalar::axpy(&mut want, s, x);
+                    same(&got, &want, &format!("axpy len {n} s={s}"));
+                    let (mut got, mut want) = (acc0.clone(), acc0.clone());
+                    (ops().axpy_f16)(&mut got, s, &xh);
+                    scalar::axpy_f16(&mut want, s, &xh);
+                    same(&got, &want, &format!("axpy_f16 len {n} s={s}"));
+                }
+                let (mut got, mut want) = (acc0.clone(), acc0.clone());
+                (ops().add_assign)(&mut got, x);
+                scalar::add_assign(&mut want, x);
+                same(&got, &want, &format!("add_assign len {n}"));
+            }
+        }
     }
 
     #[test]

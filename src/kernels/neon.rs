@@ -1,4 +1,5 @@
 //! aarch64 NEON kernels: activation quantisation and the q8/q4/f16/f32 dot products.
+//! The element-wise ops (GELU, softmax, layer norm, axpy) live in the [`elem`] submodule.
 //!
 //! NEON is part of the aarch64 baseline, so [`ops`] always returns a NEON table; it picks the
 //! integer dot products by CPU:
@@ -15,6 +16,8 @@
 //!
 //! This module owns only the SIMD code; lengths are checked by the safe wrappers with the same
 //! asserts as the [`scalar`](super::scalar) twins, which are the reference in the tests below.
+
+mod elem;
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -36,6 +39,7 @@ pub(super) fn ops() -> Ops {
             dot_f32,
             matmul_q8: matmul_q8_dotprod,
             matmul_q4: matmul_q4_dotprod,
+            ..float_ops()
         }
     } else {
         Ops {
@@ -47,7 +51,22 @@ pub(super) fn ops() -> Ops {
             dot_f32,
             matmul_q8,
             matmul_q4,
+            ..float_ops()
         }
+    }
+}
+
+/// The element-wise entries both NEON tables share; the integer entries are overwritten by the
+/// caller.
+fn float_ops() -> Ops {
+    Ops {
+        layer_norm: elem::layer_norm,
+        gelu_tanh: elem::gelu_tanh,
+        softmax: elem::softmax,
+        add_assign: elem::add_assign,
+        axpy: elem::axpy,
+        axpy_f16: elem::axpy_f16,
+        ..super::scalar::ops()
     }
 }
 

@@ -18,6 +18,12 @@ pub fn ops() -> Ops {
         dot_f32,
         matmul_q8,
         matmul_q4,
+        layer_norm,
+        gelu_tanh,
+        softmax,
+        add_assign,
+        axpy,
+        axpy_f16,
     }
 }
 
@@ -213,5 +219,12 @@ pub fn add_assign(acc: &mut [f32], x: &[f32]) {
 pub fn axpy(acc: &mut [f32], s: f32, x: &[f32]) {
     for (a, v) in acc.iter_mut().zip(x) {
         *a += s * v;
+    }
+}
+
+/// `acc += s · x` element-wise with f16 `x`.
+pub fn axpy_f16(acc: &mut [f32], s: f32, x: &[f16]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += s * v.to_f32();
     }
 }
