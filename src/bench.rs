@@ -200,6 +200,11 @@ pub fn peak_rss_bytes() -> Option<usize> {
     parse_kib(&text, "VmHWM:").map(|k| k * 1024)
 }
 
+/// The machine's physical memory in bytes (Linux `MemTotal`), if the OS tells.
+pub fn machine_memory_bytes() -> Option<usize> {
+    read_meminfo_kib("MemTotal:").map(|k| k.saturating_mul(1024))
+}
+
 /// Resets the peak-RSS counter (Linux 4.0+), so a measurement after this excludes earlier
 /// allocations such as the bandwidth buffer. Returns whether the OS allowed it.
 pub fn reset_peak_rss() -> bool {

@@ -167,10 +167,21 @@ fn bad_flags_are_usage_errors() {
     );
     assert_fails(&gpt2q(&["run", "-p", "x", "--ctx", "100000"]), 2, "--ctx");
     assert_fails(&gpt2q(&["run", "-p", "x", "-n", "-3"]), 2, "-3");
+    // A missing model file is an I/O error (4) whichever command names it.
     assert_fails(
         &gpt2q(&["run", "-m", "/no/such/model.g2q", "-p", "x"]),
-        2,
+        4,
         "does not exist",
+    );
+    assert_fails(
+        &gpt2q(&["info", "/no/such/model.g2q"]),
+        4,
+        "/no/such/model.g2q",
+    );
+    assert_fails(
+        &gpt2q(&["verify", "/no/such/model.g2q"]),
+        4,
+        "/no/such/model.g2q",
     );
 }
 

@@ -79,7 +79,26 @@ pub(super) fn plan(
         Some(limit) if plan.total() > limit => Err(Error::invalid(over_limit(
             hp, weights, ctx, kv, &plan, limit,
         ))),
-        _ => Ok((ctx, plan)),
+        Some(_) => Ok((ctx, plan)),
+        None => {
+            check_fits_machine(ctx, &plan, gpt2q::bench::machine_memory_bytes())?;
+            Ok((ctx, plan))
+        }
+    }
+}
+
+/// Without `--mem-limit`, refuses a session (KV cache and scratch, which are allocated, unlike
+/// the mapped weights) larger than the machine's memory: a crafted or mistaken header would
+/// otherwise end in a failed allocation, which aborts.
+fn check_fits_machine(ctx: usize, plan: &MemoryPlan, machine: Option<usize>) -> Result<()> {
+    let session = plan.kv_cache.saturating_add(plan.scratch);
+    match machine {
+        Some(total) if session > total => Err(Error::invalid(format!(
+            "at --ctx {ctx} the KV cache and scratch need {:.1} MiB, more than this machine's {:.1} MiB of memory; pass a smaller --ctx or --mem-limit",
+            mib(session),
+            mib(total)
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -187,7 +206,21 @@ pub fn run(args: Args) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::*;
+
+    #[test]
+    fn a_session_larger_than_the_machine_is_refused() {
+        let plan = MemoryPlan {
+            weights: 3 << 30,
+            kv_cache: 300 << 20,
+            scratch: 100 << 20,
+        };
+        // The mapped weights do not count; the allocated session does.
+        assert!(check_fits_machine(512, &plan, Some(400 << 20)).is_ok());
+        let err = check_fits_machine(512, &plan, Some((400 << 20) - 1)).unwrap_err();
+        assert!(err.to_string().contains("--ctx 512"), "{err}");
+        assert!(check_fits_machine(512, &plan, None).is_ok());
+    }
 
     #[test]
     fn sizes_parse() {

@@ -116,10 +116,14 @@ impl ModelArgs {
         self.init_threads()?;
         let path = self.model.clone().unwrap_or_else(default_model_path);
         if !path.exists() {
-            return Err(Error::invalid(format!(
-                "model file {} does not exist (convert one with gpt2q-convert, see models/README.md)",
-                path.display()
-            )));
+            // An I/O error (exit 4) like every other command's missing file, with a hint.
+            return Err(Error::io(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "model file does not exist (convert one with gpt2q-convert, see models/README.md)",
+                ),
+            ));
         }
         ModelFile::open(&path)
     }
