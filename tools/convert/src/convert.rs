@@ -97,12 +97,13 @@ impl Quant {
         if self != Quant::Q4Pure || e % QK != 0 || i % QK != 0 {
             return 0;
         }
-        let heads = if explicit_lm_head { 2 } else { 1 };
-        let weights = heads * v * e + cfg.n_layer * (4 * e * e + 2 * e * i);
+        let heads = if explicit_lm_head { 2.0 } else { 1.0 };
+        let (vf, ef, inf) = (v as f64, e as f64, i as f64);
+        let weights = heads * vf * ef + cfg.n_layer as f64 * (4.0 * ef * ef + 2.0 * ef * inf);
         let bits = |d: DType| d.row_bytes(QK as u64).unwrap_or(0) as f64 * 8.0 / QK as f64;
         let (q4_bits, q8_bits) = (bits(DType::Q4), bits(DType::Q8));
-        let spare = (Q4_PURE_BITS_PER_WEIGHT - q4_bits) * weights as f64;
-        let per_row = (q8_bits - q4_bits) * (heads * e) as f64;
+        let spare = (Q4_PURE_BITS_PER_WEIGHT - q4_bits) * weights;
+        let per_row = (q8_bits - q4_bits) * heads * ef;
         ((spare / per_row) as usize).min(v.saturating_sub(1))
     }
 }
