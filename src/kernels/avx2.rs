@@ -255,6 +255,7 @@ unsafe fn dot_q8_avx2(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
     let mut quads_w = w.chunks_exact(4);
     let mut quads_x = x.chunks_exact(4);
     for (w4, x4) in (&mut quads_w).zip(&mut quads_x) {
+        prefetch_ahead(w4);
         let d = quad_scales(w4, x4);
         acc0 = fma_scaled(acc0, lane::<0>(d), q8_block_lanes(&w4[0], &x4[0]));
         acc1 = fma_scaled(acc1, lane::<1>(d), q8_block_lanes(&w4[1], &x4[1]));
@@ -274,6 +275,7 @@ unsafe fn dot_q4_avx2(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
     let mut quads_w = w.chunks_exact(4);
     let mut quads_x = x.chunks_exact(4);
     for (w4, x4) in (&mut quads_w).zip(&mut quads_x) {
+        prefetch_ahead(w4);
         let d = quad_scales(w4, x4);
         acc0 = fma_scaled(acc0, lanes_01(d), q4_pair_lanes(&w4[..2], &x4[..2]));
         acc1 = fma_scaled(acc1, lanes_23(d), q4_pair_lanes(&w4[2..], &x4[2..]));
@@ -283,6 +285,23 @@ unsafe fn dot_q4_avx2(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
         acc0 = fma_scaled(acc0, d, q4_block_lanes(bw, bx));
     }
     hsum_ps(_mm256_add_ps(acc0, acc1))
+}
+
+/// How far ahead of the blocks being multiplied [`prefetch_ahead`] asks for weights, in bytes.
+/// Decode streams every weight once; the hardware prefetcher alone left one thread at ~7 GB/s
+/// against ~11 GB/s for a plain read loop on the test machine.
+const PREFETCH_BYTES: usize = 2048;
+
+/// Hints the cache lines `PREFETCH_BYTES` past the start of `w` (four weight blocks, at most
+/// 136 bytes) into L1.
+#[inline(always)]
+unsafe fn prefetch_ahead<W>(w: &[W]) {
+    let p = w.as_ptr().cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    // SAFETY: a prefetch is only a hint: it never faults, even for an address past the end of
+    // the weights or of the mapping, and it changes no memory.
+    for line in 0..std::mem::size_of_val(w).div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line));
+    }
 }
 
 /// Two q4 blocks' exact integer dots with two activation blocks: lanes 0..4 (i32) sum to block
