@@ -54,14 +54,7 @@ fn dispatched_matmul_agrees_with_scalar_at_gpt2_xl_shapes() {
     for dtype in [DType::Q4, DType::Q8, DType::F16, DType::F32] {
         for (rows, cols, tokens) in [(64, 1600, 1), (40, 6400, 3), (33, 96, 5), (3, 32, 1)] {
             let file = ModelFile::from_bytes(&encode_tensor(dtype, &random(rows * cols, 11), cols));
-            let b = file.bytes();
-            let weights = match dtype {
-                DType::F32 => Weights::F32(mmap::as_f32(b).unwrap()),
-                DType::F16 => Weights::F16(mmap::as_f16(b).unwrap()),
-                DType::Q8 => Weights::Q8(mmap::as_q8(b).unwrap()),
-                DType::Q4 => Weights::Q4(mmap::as_q4(b).unwrap()),
-            };
-            let w = Matrix::new(rows, cols, weights).unwrap();
+            let w = view(&file, dtype, rows, cols);
             let x = random(tokens * cols, 5);
             let mut scratch = MatmulScratch::new(cols, rows, tokens);
             let (mut fast, mut slow) = (vec![0f32; tokens * rows], vec![0f32; tokens * rows]);
@@ -91,14 +84,7 @@ fn a_nan_activation_reaches_every_output_of_its_token() {
     let (rows, cols, tokens) = (8, 64, 2);
     for dtype in [DType::Q4, DType::Q8, DType::F16, DType::F32] {
         let file = ModelFile::from_bytes(&encode_tensor(dtype, &random(rows * cols, 3), cols));
-        let b = file.bytes();
-        let weights = match dtype {
-            DType::F32 => Weights::F32(mmap::as_f32(b).unwrap()),
-            DType::F16 => Weights::F16(mmap::as_f16(b).unwrap()),
-            DType::Q8 => Weights::Q8(mmap::as_q8(b).unwrap()),
-            DType::Q4 => Weights::Q4(mmap::as_q4(b).unwrap()),
-        };
-        let w = Matrix::new(rows, cols, weights).unwrap();
+        let w = view(&file, dtype, rows, cols);
         let mut x = random(tokens * cols, 9);
         x[cols + 40] = f32::NAN;
         let mut scratch = MatmulScratch::new(cols, rows, tokens);
@@ -114,6 +100,7 @@ fn a_nan_activation_reaches_every_output_of_its_token() {
     }
 }
 
+/// The matrix view of a file holding one `(rows, cols)` tensor in `dtype`.
 fn view(file: &ModelFile, dtype: DType, rows: usize, cols: usize) -> Matrix<'_> {
     let b = file.bytes();
     let weights = match dtype {
