@@ -17,6 +17,7 @@
 //!   a scalar tail.
 
 mod elem;
+mod packed;
 
 use std::arch::x86_64::*;
 
@@ -402,44 +403,41 @@ impl HasF16Scale for BlockQ8 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tiles: R weight rows × T tokens per pass. Each weight block is prepared once for the T tokens,
-// each activation block once for the R rows, and the R · T float accumulators are summed
-// horizontally only at the end. Integer block sums are exact as in the one-row kernels.
+// Tiles: R weight rows × T tokens per pass, for a batch (prefill). Per block column, each weight
+// block is converted to signed bytes once for the T tokens and each activation's `|x|` once for
+// the R rows; a pair then costs one sign, `maddubs`, `madd`, a conversion and an FMA. The R · T
+// float accumulators stay in registers (R · T ≤ 12 leaves room for the temporaries of the 16
+// ymm registers) and are summed horizontally only at the end. Integer block sums are exact as in
+// the one-row kernels.
 
 /// How one weight format meets activation blocks in [`tile`].
 trait TileFormat {
     /// The weight block.
     type W: HasF16Scale;
-    /// A weight block prepared once for every token of a tile.
+    /// The block's 32 weights as signed bytes in element order, none of them −128 (the sign
+    /// trick of [`dot_i8_lanes`] negates them).
     ///
     /// # Safety
     /// AVX2, FMA and F16C must be available (as for every function below).
-    unsafe fn prep_w(w: &Self::W) -> __m256i;
-    /// 8 i32 lanes summing to the block's exact integer dot of a prepared weight block with
-    /// the activation bytes `qx`. (Everything derived from `qx` is recomputed per pair: keeping
-    /// it live for four tokens spilled the accumulators.)
-    unsafe fn pair(w: __m256i, qx: __m256i) -> __m256i;
+    unsafe fn signed_w(w: &Self::W) -> __m256i;
+    /// The packed kernels for batches of [`packed::MIN_TOKENS`] tokens or more.
+    type Packed: packed::PackFormat<W = Self::W>;
     /// One row against one token: the one-row kernel.
     unsafe fn dot(w: &[Self::W], x: &[BlockQ8Act]) -> f32;
 }
 
-/// q8 weights: the sign trick with `|x|` computed once per activation block.
+/// q8 weights: already signed, `-127..=127`.
 struct Q8Tile;
-/// q4 weights: unsigned codes straight into `maddubs`, `8 · Σ x` (per activation block)
-/// subtracted in i16.
+/// q4 weights: codes minus 8, `-8..=7`.
 struct Q4Tile;
 
 impl TileFormat for Q8Tile {
     type W = BlockQ8;
+    type Packed = packed::Q8Packed;
     #[inline(always)]
-    unsafe fn prep_w(w: &BlockQ8) -> __m256i {
+    unsafe fn signed_w(w: &BlockQ8) -> __m256i {
         // Reads exactly the 32 bytes of `w.qs`.
         _mm256_loadu_si256(w.qs.as_ptr().cast())
-    }
-    #[inline(always)]
-    unsafe fn pair(w: __m256i, qx: __m256i) -> __m256i {
-        // Weights are in −127..=127, as `dot_i8_lanes` requires.
-        dot_i8_lanes(w, qx)
     }
     #[inline(always)]
     unsafe fn dot(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
@@ -449,16 +447,10 @@ impl TileFormat for Q8Tile {
 
 impl TileFormat for Q4Tile {
     type W = BlockQ4;
+    type Packed = packed::Q4Packed;
     #[inline(always)]
-    unsafe fn prep_w(w: &BlockQ4) -> __m256i {
-        q4_codes(w)
-    }
-    #[inline(always)]
-    unsafe fn pair(codes: __m256i, qx: __m256i) -> __m256i {
-        // As `q4_block_lanes`: pairs at most 2 · 15 · 128, offsets 2 · 8 · 128, exact in i16.
-        let wx = _mm256_maddubs_epi16(codes, qx);
-        let eight_x = _mm256_maddubs_epi16(_mm256_set1_epi8(8), qx);
-        _mm256_madd_epi16(_mm256_sub_epi16(wx, eight_x), _mm256_set1_epi16(1))
+    unsafe fn signed_w(w: &BlockQ4) -> __m256i {
+        _mm256_sub_epi8(q4_codes(w), _mm256_set1_epi8(8))
     }
     #[inline(always)]
     unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
@@ -466,41 +458,41 @@ impl TileFormat for Q4Tile {
     }
 }
 
-/// The f16 scales of four blocks as f32 lanes, converted together (see [`quad_scales`]).
-#[inline(always)]
-unsafe fn quad_w_scales<W: HasF16Scale>(w: &[W]) -> __m128 {
-    debug_assert!(w.len() >= 4);
-    let bits = |k: usize| w[k].scale().to_bits() as i32;
-    let v = _mm_cvtsi32_si128(bits(0));
-    let v = _mm_insert_epi16::<1>(v, bits(1));
-    let v = _mm_insert_epi16::<2>(v, bits(2));
-    let v = _mm_insert_epi16::<3>(v, bits(3));
-    _mm_cvtph_ps(v)
-}
-
-/// One block column `b` of a tile: `acc[r][t] += d_w · d_x · (exact block dot)`, with `dw[r]`
-/// the rows' scales of this block in all lanes.
+/// One block column `b` of a tile: `acc[r][t] += d_w[r] · d_x[t] · Σ q_w · q_x` over the block.
 // Index loops over small const-size arrays: iterator adaptors would add closures that are not
-// compiled for AVX2 (see `tile_block`).
+// compiled for AVX2 and would not be inlined here.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn tile_block<F: TileFormat, const R: usize, const T: usize>(
     w: &[&[F::W]; R],
     x: &[&[BlockQ8Act]; T],
     b: usize,
-    dw: &[f32; R],
     acc: &mut [[__m256; T]; R],
 ) {
-    // Plain loops rather than `array::from_fn`/`map`: their closures are not compiled for AVX2
-    // and would not be inlined here. Scales are broadcast from memory (load ports, no register
-    // held across the loop).
+    // The rows' signed weights and the pairs' scale products go through the stack: loads and
+    // broadcasts from L1 use load ports and hold no register across the pair loop. The scale
+    // products are formed four tokens at a time (T ≤ 4).
+    let mut wq = [_mm256_setzero_si256(); R];
+    let mut dx = [0f32; 4];
+    for t in 0..T {
+        dx[t] = x[t][b].d;
+    }
+    let dx = _mm_loadu_ps(dx.as_ptr());
+    let mut dd = [[0f32; 4]; R];
     for r in 0..R {
-        let wp = F::prep_w(&w[r][b]);
-        let dwr = _mm256_broadcast_ss(&dw[r]);
-        for t in 0..T {
-            let d = _mm256_mul_ps(dwr, _mm256_broadcast_ss(&x[t][b].d));
-            let s = _mm256_cvtepi32_ps(F::pair(wp, load_act(&x[t][b])));
-            acc[r][t] = _mm256_fmadd_ps(d, s, acc[r][t]);
+        wq[r] = F::signed_w(&w[r][b]);
+        let dw = _mm_cvtph_ps(_mm_set1_epi16(w[r][b].scale().to_bits() as i16));
+        _mm_storeu_ps(dd[r].as_mut_ptr(), _mm_mul_ps(dw, dx));
+    }
+    let ones = _mm256_set1_epi16(1);
+    for t in 0..T {
+        let qx = load_act(&x[t][b]);
+        let abs_x = _mm256_sign_epi8(qx, qx);
+        for r in 0..R {
+            // |x| · sign(w, x) = w · x; pairs ≤ 2 · 128 · 127, no i16 saturation.
+            let pairs = _mm256_maddubs_epi16(abs_x, _mm256_sign_epi8(wq[r], qx));
+            let lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            acc[r][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[r][t]), lanes, acc[r][t]);
         }
     }
 }
@@ -509,8 +501,7 @@ unsafe fn tile_block<F: TileFormat, const R: usize, const T: usize>(
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; every slice holds at least `nb` blocks.
-// Index loops over small const-size arrays: iterator adaptors would add closures that are not
-// compiled for AVX2 (see `tile_block`).
+// Index loops over small const-size arrays: see `tile_block`.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn tile<F: TileFormat, const R: usize, const T: usize>(
@@ -518,27 +509,11 @@ unsafe fn tile<F: TileFormat, const R: usize, const T: usize>(
     x: [&[BlockQ8Act]; T],
     nb: usize,
 ) -> [[f32; T]; R] {
+    let w = w.map(|row| &row[..nb]);
+    let x = x.map(|tok| &tok[..nb]);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
-    let quads = nb / 4 * 4;
-    for b4 in (0..quads).step_by(4) {
-        let mut d4 = [[0f32; 4]; R];
-        for r in 0..R {
-            _mm_storeu_ps(d4[r].as_mut_ptr(), quad_w_scales(&w[r][b4..b4 + 4]));
-        }
-        for k in 0..4 {
-            let mut dw = [0f32; R];
-            for r in 0..R {
-                dw[r] = d4[r][k];
-            }
-            tile_block::<F, R, T>(&w, &x, b4 + k, &dw, &mut acc);
-        }
-    }
-    for b in quads..nb {
-        let mut dw = [0f32; R];
-        for r in 0..R {
-            dw[r] = f16_to_f32(w[r][b].scale());
-        }
-        tile_block::<F, R, T>(&w, &x, b, &dw, &mut acc);
+    for b in 0..nb {
+        tile_block::<F, R, T>(&w, &x, b, &mut acc);
     }
     let mut out = [[0f32; T]; R];
     for r in 0..R {
@@ -549,8 +524,41 @@ unsafe fn tile<F: TileFormat, const R: usize, const T: usize>(
     out
 }
 
-/// Every row × token of the tile product: four tokens at a time against two rows at a time,
-/// then the remaining tokens one by one with the one-row kernels (this is the decode case).
+/// Rows of the product for the `T` tokens starting at `t0`: `R` rows at a time, then the
+/// remaining rows one by one. `out` is `(rows, n)`.
+///
+/// # Safety
+/// As [`matmul_tiles`], and `t0 + T <= n`.
+#[inline(always)]
+unsafe fn token_group<F: TileFormat, const R: usize, const T: usize>(
+    w: &[F::W],
+    x: &[BlockQ8Act],
+    nb: usize,
+    (rows, n, t0): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let row = |r: usize| &w[r * nb..(r + 1) * nb];
+    let xs: [&[BlockQ8Act]; T] = std::array::from_fn(|k| &x[(t0 + k) * nb..(t0 + k + 1) * nb]);
+    let mut r0 = 0;
+    while r0 + R <= rows {
+        let ws: [&[F::W]; R] = std::array::from_fn(|k| row(r0 + k));
+        let y = tile::<F, R, T>(ws, xs, nb);
+        for (k, yr) in y.iter().enumerate() {
+            out[(r0 + k) * n + t0..][..T].copy_from_slice(yr);
+        }
+        r0 += R;
+    }
+    for r in r0..rows {
+        let [y] = tile::<F, 1, T>([row(r)], xs, nb);
+        out[r * n + t0..][..T].copy_from_slice(&y);
+    }
+}
+
+/// Every row × token of the product. A single token (decode) goes row by row through the
+/// streaming one-row kernel; a batch of [`packed::MIN_TOKENS`] or more through the packed
+/// kernels, eight rows at a time; the rows left over, and smaller batches, through the
+/// row-major tiles: tokens four at a time against two rows at a time, then the last one to
+/// three tokens together.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w.len() == rows · nb`, `x.len() == n · nb`,
@@ -564,31 +572,47 @@ unsafe fn matmul_tiles<F: TileFormat>(
     n: usize,
     out: &mut [f32],
 ) {
-    let row = |r: usize| &w[r * nb..(r + 1) * nb];
-    let tok = |t: usize| &x[t * nb..(t + 1) * nb];
+    if n == 1 {
+        // Decode: one row at a time. Interleaving several rows' weight streams measured slower
+        // (2 rows: −40%, 4 rows: −50% tokens/s) on a memory-bound decode than one stream.
+        for (r, y) in out.iter_mut().enumerate() {
+            *y = F::dot(&w[r * nb..(r + 1) * nb], x);
+        }
+        return;
+    }
+    let mut r0 = 0;
+    if n >= packed::MIN_TOKENS {
+        let groups = rows / packed::GROUP_ROWS;
+        packed::matmul::<F::Packed>(w, x, nb, groups, n, out);
+        r0 = groups * packed::GROUP_ROWS;
+    }
+    row_major_tiles::<F>(&w[r0 * nb..], x, nb, rows - r0, n, &mut out[r0 * n..]);
+}
+
+/// The row-major tiles of [`matmul_tiles`] over all `rows` of `w`.
+///
+/// # Safety
+/// As [`matmul_tiles`].
+#[inline(always)]
+unsafe fn row_major_tiles<F: TileFormat>(
+    w: &[F::W],
+    x: &[BlockQ8Act],
+    nb: usize,
+    rows: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     let mut t0 = 0;
     while t0 + 4 <= n {
-        let xs = [tok(t0), tok(t0 + 1), tok(t0 + 2), tok(t0 + 3)];
-        let mut r0 = 0;
-        while r0 + 2 <= rows {
-            let y = tile::<F, 2, 4>([row(r0), row(r0 + 1)], xs, nb);
-            for (k, yr) in y.iter().enumerate() {
-                out[(r0 + k) * n + t0..][..4].copy_from_slice(yr);
-            }
-            r0 += 2;
-        }
-        if r0 < rows {
-            let [y] = tile::<F, 1, 4>([row(r0)], xs, nb);
-            out[r0 * n + t0..][..4].copy_from_slice(&y);
-        }
+        token_group::<F, 2, 4>(w, x, nb, (rows, n, t0), out);
         t0 += 4;
     }
-    // Decode: one row at a time. Interleaving several rows' weight streams measured slower
-    // (2 rows: −40%, 4 rows: −50% tokens/s) on a memory-bound decode than one sequential stream.
-    for t in t0..n {
-        for r in 0..rows {
-            out[r * n + t] = F::dot(row(r), tok(t));
-        }
+    let shape = (rows, n, t0);
+    match n - t0 {
+        3 => token_group::<F, 2, 3>(w, x, nb, shape, out),
+        2 => token_group::<F, 4, 2>(w, x, nb, shape, out),
+        1 => token_group::<F, 4, 1>(w, x, nb, shape, out),
+        _ => {}
     }
 }
 

@@ -294,10 +294,19 @@ fn matmul_parts(
     }
     matmul_part(ops, tail, x, act, n, out_tail);
     if n > 1 {
-        let out_t = &scratch.out_t[..n * rows];
-        for r in 0..rows {
-            for t in 0..n {
-                y[t * rows + r] = out_t[r * n + t];
+        transpose(&scratch.out_t[..n * rows], rows, n, y);
+    }
+}
+
+/// `y` `(n, rows)` from `y_t` `(rows, n)`, eight tokens at a time so that both sides are read
+/// and written in runs (one token at a time wrote `y` with a stride of a whole row of outputs,
+/// a fifth of a prefill's matrix time).
+fn transpose(y_t: &[f32], rows: usize, n: usize, y: &mut [f32]) {
+    for t0 in (0..n).step_by(8) {
+        let t1 = (t0 + 8).min(n);
+        for (r, ys) in y_t.chunks_exact(n).enumerate() {
+            for (t, &v) in (t0..t1).zip(&ys[t0..t1]) {
+                y[t * rows + r] = v;
             }
         }
     }
@@ -359,7 +368,7 @@ fn tiled<W>(
     let rows = if n == 1 {
         w.len() / nb
     } else {
-        (TILE_WEIGHT_BYTES / (nb * std::mem::size_of::<W>())).max(4) / 4 * 4
+        (TILE_WEIGHT_BYTES / (nb * std::mem::size_of::<W>())).max(8) / 8 * 8
     };
     for (wc, yc) in w.chunks(rows * nb).zip(ys.chunks_mut(rows * n)) {
         kernel(wc, act, nb, yc);
@@ -379,7 +388,12 @@ fn rows_parallel(
         f(w, y_t);
         return;
     }
-    let rows_per_task = ROWS_PER_TASK.max(w.rows / (threads * 16));
+    // A batch works in larger tasks: each one converts its activations' per-block terms and
+    // packs its weights once. Multiples of 8 rows keep the SIMD kernels' row groups whole.
+    let tasks_per_thread = if n == 1 { 16 } else { 4 };
+    let rows_per_task = ROWS_PER_TASK
+        .max(w.rows / (threads * tasks_per_thread))
+        .next_multiple_of(8);
     y_t.par_chunks_mut(rows_per_task * n)
         .enumerate()
         .for_each(|(i, ys)| {
@@ -554,8 +568,10 @@ mod tests {
             .sum()
     }
 
-    /// (rows, tokens, blocks per row): tile remainders in every dimension, gpt2-xl widths.
-    const SHAPES: [(usize, usize, usize); 9] = [
+    /// (rows, tokens, blocks per row): tile remainders in every dimension, gpt2-xl widths, and
+    /// batches of eight rows or more (packed kernels) with leftover rows, leftover tokens and
+    /// widths around the packing chunk of 32 blocks.
+    const SHAPES: [(usize, usize, usize); 15] = [
         (1, 1, 1),
         (3, 5, 3),
         (2, 4, 4),
@@ -565,6 +581,12 @@ mod tests {
         (3, 8, 200),
         (9, 1, 50),
         (2, 13, 7),
+        (8, 4, 1),
+        (17, 9, 33),
+        (16, 6, 200),
+        (9, 13, 64),
+        (40, 4, 24),
+        (8, 7, 32),
     ];
 
     fn check<W>(
