@@ -144,10 +144,19 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Streaming-read bandwidth in GB/s on the current rayon pool: the best of several passes
-/// summing a buffer of `bytes` (much larger than the caches), split across the pool's threads.
+/// summing a buffer of `bytes` (much larger than the caches, on huge pages like the weights),
+/// split across the pool's threads.
 pub fn memory_bandwidth(bytes: usize) -> f64 {
+    let map = crate::mmap::huge_page_buffer(bytes / 8 * 8, 1).ok();
+    match map.as_deref().and_then(crate::mmap::as_u64) {
+        Some(words) => streaming_best(words, bytes),
+        None => streaming_best(&vec![1u64; bytes / 8], bytes),
+    }
+}
+
+/// The best of four timed passes (after one warm-up) summing `words` across the pool.
+fn streaming_best(words: &[u64], bytes: usize) -> f64 {
     use rayon::prelude::*;
-    let words = vec![1u64; bytes / 8];
     let threads = rayon::current_num_threads();
     let chunk = words.len().div_ceil(threads);
     let mut best = 0f64;

@@ -1,15 +1,16 @@
-//! Model files in memory: a read-only memory map (or an owned buffer for models built in memory)
-//! and typed views of its bytes.
+//! Model files in memory: a read-only memory map, a private copy on huge pages, or an owned
+//! buffer for models built in memory, and typed views of its bytes.
 //!
 //! This is one of the two places `unsafe` lives (the other is the SIMD kernels): creating the map,
 //! and reinterpreting aligned little-endian bytes as `f32`, `f16` and quantised blocks. It does not
 //! know the file layout; [`crate::format`] does.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut};
 
 use crate::error::{Error, Result};
 use crate::quant::{BlockQ4, BlockQ8};
@@ -30,17 +31,7 @@ impl ModelFile {
     /// Maps the file at `path` read-only. The pages are shared with every other process mapping
     /// the same file, and a model larger than free memory pages in from disk as it is used.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        if !meta.is_file() {
-            return Err(Error::invalid(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
-        }
-        if meta.len() == 0 {
-            return Err(Error::format(format!("{} is empty", path.display())));
-        }
+        let (file, _) = open_regular(path)?;
         // SAFETY: the map is read-only and we never hand out mutable views. Another process
         // truncating or rewriting the file while it is mapped is outside what Rust can guard
         // against (it can raise SIGBUS or change bytes under us); the converter never does it (it
@@ -51,6 +42,37 @@ impl ModelFile {
             path: path.to_path_buf(),
             backing: Backing::Mapped(map),
         })
+    }
+
+    /// Reads the file at `path` into private anonymous memory, asking the kernel (on Linux) to
+    /// back it with transparent huge pages. A decode step streams every weight once: with 4 KiB
+    /// pages that crosses a page, a TLB miss and a stop of the hardware prefetcher every 4 KiB,
+    /// and a plain read loop measured 9 GB/s on 4 KiB pages against 13 GB/s on huge pages on
+    /// the development machine. The memory use is the same as a fully used map; the page cache
+    /// copy stays reclaimable. Without huge page support this is a plain read.
+    pub fn load(path: &Path) -> Result<Self> {
+        let (mut file, len) = open_regular(path)?;
+        let len = usize::try_from(len)
+            .map_err(|_| Error::invalid(format!("{} is too large", path.display())))?;
+        let mut map = MmapMut::map_anon(len).map_err(|e| Error::io(path, e))?;
+        // Best effort: huge pages are an optimisation, and the kernel may not offer them.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        file.read_exact(&mut map).map_err(|e| Error::io(path, e))?;
+        let map = map.make_read_only().map_err(|e| Error::io(path, e))?;
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            backing: Backing::Mapped(map),
+        })
+    }
+
+    /// Opens [`ModelFile::load`] or [`ModelFile::open`] (`map`).
+    pub fn open_or_load(path: &Path, map: bool) -> Result<Self> {
+        if map {
+            Self::open(path)
+        } else {
+            Self::load(path)
+        }
     }
 
     /// Wraps bytes built in memory (tests, synthetic benchmark models).
@@ -83,6 +105,40 @@ impl ModelFile {
             }
         }
     }
+}
+
+/// A private anonymous buffer of `bytes` bytes, all set to `fill`, backed by transparent huge
+/// pages where the kernel offers them (as [`ModelFile::load`]'s weights are): the bench measures
+/// the bandwidth of the memory the weights live in.
+pub fn huge_page_buffer(bytes: usize, fill: u8) -> std::io::Result<MmapMut> {
+    let mut map = MmapMut::map_anon(bytes)?;
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    map.fill(fill);
+    Ok(map)
+}
+
+/// `bytes` as `u64`s (aligned and a multiple of 8 bytes, else `None`).
+pub fn as_u64(bytes: &[u8]) -> Option<&[u64]> {
+    // SAFETY: every 64-bit pattern is a valid u64.
+    unsafe { cast_slice(bytes) }
+}
+
+/// Opens `path` for reading after checking that it is a non-empty regular file; returns it and
+/// its length.
+fn open_regular(path: &Path) -> Result<(File, u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::invalid(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Err(Error::format(format!("{} is empty", path.display())));
+    }
+    Ok((file, meta.len()))
 }
 
 /// Reinterprets `bytes` as `[T]` when its address is aligned for `T` and its length a multiple of
@@ -142,5 +198,39 @@ mod tests {
         assert_eq!(as_f32(file.bytes()), Some(&[1.5f32, -2.0][..]));
         assert_eq!(as_f32(&file.bytes()[1..5]), None, "misaligned");
         assert_eq!(as_f32(&file.bytes()[..6]), None, "ragged length");
+    }
+
+    #[test]
+    fn loading_and_mapping_give_the_same_bytes_and_errors() {
+        let dir = std::env::temp_dir().join(format!("gpt2q-mmap-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Larger than a huge page, and not a multiple of a page.
+        let raw: Vec<u8> = (0..(5 << 20) + 123).map(|i| (i * 7 % 251) as u8).collect();
+        let path = dir.join("model.g2q");
+        std::fs::write(&path, &raw).unwrap();
+        for map in [false, true] {
+            let file = ModelFile::open_or_load(&path, map).unwrap();
+            assert!(file.bytes() == &raw[..], "map={map}");
+            assert_eq!(file.path(), path);
+        }
+        let empty = dir.join("empty.g2q");
+        std::fs::write(&empty, b"").unwrap();
+        for map in [false, true] {
+            let missing = ModelFile::open_or_load(&dir.join("missing.g2q"), map);
+            assert!(matches!(missing, Err(Error::Io { .. })), "map={map}");
+            let empty = ModelFile::open_or_load(&empty, map);
+            assert!(matches!(empty, Err(Error::Format(_))), "map={map}");
+            let dir = ModelFile::open_or_load(&dir, map);
+            assert!(matches!(dir, Err(Error::InvalidInput(_))), "map={map}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_bandwidth_buffer_is_filled_and_viewable_as_words() {
+        let buf = huge_page_buffer(3 << 20, 1).unwrap();
+        let words = as_u64(&buf).unwrap();
+        assert_eq!(words.len(), (3 << 20) / 8);
+        assert!(words.iter().all(|&w| w == 0x0101_0101_0101_0101));
     }
 }

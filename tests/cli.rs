@@ -89,6 +89,18 @@ fn same_seed_same_text() {
 }
 
 #[test]
+fn a_mapped_model_generates_what_a_loaded_one_does() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-p", "The sea", "-n", "16", "--seed", "5", "-q"];
+        args.extend_from_slice(extra);
+        let o = gpt2q(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(run(&["--mmap"]), run(&[]));
+}
+
+#[test]
 fn prompt_from_file_and_stdin() {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prompt.txt");
     std::fs::write(&path, "It was a dark and stormy night").unwrap();

@@ -49,6 +49,9 @@ pub struct Args {
     /// Only measure and print the memory bandwidth.
     #[arg(long)]
     membw: bool,
+    /// Map the model file instead of reading it into memory on huge pages (as `run --mmap`).
+    #[arg(long)]
+    mmap: bool,
 }
 
 /// One row of the report.
@@ -186,7 +189,7 @@ fn bench_file(
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     let start = Instant::now();
-    let file = ModelFile::open(path)?;
+    let file = ModelFile::open_or_load(path, args.mmap)?;
     let model = Model::load(&file, false)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let quant = model.meta("quant").unwrap_or("?").to_string();

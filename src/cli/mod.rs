@@ -108,10 +108,14 @@ pub struct ModelArgs {
     /// Check every tensor's checksum before running.
     #[arg(long)]
     pub verify: bool,
+    /// Map the model file instead of reading it into memory on huge pages: shares the pages
+    /// with other processes and starts without a copy, but decodes slower (4 KiB pages).
+    #[arg(long)]
+    pub mmap: bool,
 }
 
 impl ModelArgs {
-    /// Opens the model file (mapping it) and sets up the thread pool.
+    /// Reads (or with `--mmap` maps) the model file and sets up the thread pool.
     pub fn open(&self) -> Result<ModelFile> {
         self.init_threads()?;
         let path = self.model.clone().unwrap_or_else(default_model_path);
@@ -125,7 +129,7 @@ impl ModelArgs {
                 ),
             ));
         }
-        ModelFile::open(&path)
+        ModelFile::open_or_load(&path, self.mmap)
     }
 
     fn init_threads(&self) -> Result<()> {

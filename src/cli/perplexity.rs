@@ -59,7 +59,7 @@ pub fn run(args: Args) -> Result<()> {
     let report = match &args.compare {
         None => perplexity(&mut session, &ids, window, stride)?,
         Some(base_path) => {
-            let base_file = ModelFile::open(base_path)?;
+            let base_file = ModelFile::open_or_load(base_path, args.model.mmap)?;
             let base_model = Model::load(&base_file, args.model.verify)?;
             let mut base = Session::for_scoring(&base_model, window.max(1))?;
             let (report, cmp) = compare(&mut session, &mut base, &ids, window, stride)?;

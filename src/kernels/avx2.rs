@@ -16,6 +16,7 @@
 //! * The float dot products use four FMA accumulators over 32 elements, then 8 at a time, then
 //!   a scalar tail.
 
+mod decode;
 mod elem;
 mod packed;
 
@@ -424,6 +425,18 @@ trait TileFormat {
     type Packed: packed::PackFormat<W = Self::W>;
     /// One row against one token: the one-row kernel.
     unsafe fn dot(w: &[Self::W], x: &[BlockQ8Act]) -> f32;
+    /// Every row of `w` (rows of `nb` blocks) against one token (decode): the one-row kernel
+    /// row by row. Interleaving several rows' weight streams measured slower (2 rows: −40%,
+    /// 4 rows: −50% tokens/s) on a memory-bound decode than one stream.
+    ///
+    /// # Safety
+    /// As [`matmul_tiles`] with one token.
+    #[inline(always)]
+    unsafe fn decode(w: &[Self::W], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+        for (r, y) in out.iter_mut().enumerate() {
+            *y = Self::dot(&w[r * nb..(r + 1) * nb], x);
+        }
+    }
 }
 
 /// q8 weights: already signed, `-127..=127`.
@@ -455,6 +468,10 @@ impl TileFormat for Q4Tile {
     #[inline(always)]
     unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
         dot_q4_avx2(w, x)
+    }
+    #[inline(always)]
+    unsafe fn decode(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+        decode::matmul_q4(w, x, nb, out)
     }
 }
 
@@ -573,11 +590,7 @@ unsafe fn matmul_tiles<F: TileFormat>(
     out: &mut [f32],
 ) {
     if n == 1 {
-        // Decode: one row at a time. Interleaving several rows' weight streams measured slower
-        // (2 rows: −40%, 4 rows: −50% tokens/s) on a memory-bound decode than one stream.
-        for (r, y) in out.iter_mut().enumerate() {
-            *y = F::dot(&w[r * nb..(r + 1) * nb], x);
-        }
+        F::decode(w, x, nb, out);
         return;
     }
     let mut r0 = 0;

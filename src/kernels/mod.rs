@@ -570,8 +570,9 @@ mod tests {
 
     /// (rows, tokens, blocks per row): tile remainders in every dimension, gpt2-xl widths, and
     /// batches of eight rows or more (packed kernels) with leftover rows, leftover tokens and
-    /// widths around the packing chunk of 32 blocks.
-    const SHAPES: [(usize, usize, usize); 15] = [
+    /// widths around the packing chunk of 32 blocks; single tokens (decode) with 0..=3 blocks
+    /// beyond a multiple of four.
+    const SHAPES: [(usize, usize, usize); 17] = [
         (1, 1, 1),
         (3, 5, 3),
         (2, 4, 4),
@@ -587,6 +588,8 @@ mod tests {
         (9, 13, 64),
         (40, 4, 24),
         (8, 7, 32),
+        (5, 1, 7),
+        (16, 1, 200),
     ];
 
     fn check<W>(

@@ -1,0 +1,145 @@
+//! The q4 matrix–vector product of a decode step, with the activation prepared once per call.
+//!
+//! The one-row q4 kernel spends a third of its integer work on the `−8` offset (`8 · Σ q_x`, by
+//! `maddubs`, per block and row) and two permutes per pair of blocks on rearranging the
+//! activation to meet the nibbles. Both depend only on the activation, which every row of a
+//! matrix shares: here they are done once per call. For each pair of blocks the activation is
+//! stored as `[x0 0..16 | x1 0..16]` and `[x0 16..32 | x1 16..32]`, so a pair costs two loads,
+//! the nibble split, two `maddubs` and a `madd`; the offset becomes one f32 term per block,
+//! `8 · d_x · Σ q_x`, summed against the row's scales four blocks at a time.
+//!
+//! Integer block sums are exact; the offset is subtracted in f32, so results differ from the
+//! scalar twin by rounding only.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::{
+    f16_to_f32, fma_scaled, hsum_ps, lanes_01, lanes_23, load_act, prefetch_ahead, q4_block_lanes,
+};
+use crate::quant::{BlockQ4, BlockQ8Act};
+
+/// One token's activation arranged for [`dot`]; reused across calls by each thread.
+#[derive(Default)]
+struct Prepared {
+    /// Two vectors per pair of blocks: the low halves of both blocks, then the high halves.
+    halves: Vec<__m256i>,
+    /// `d_x` per block.
+    d: Vec<f32>,
+    /// `8 · d_x · Σ q_x` per block: the offset's share of the block's dot, before `d_w`.
+    offset: Vec<f32>,
+}
+
+thread_local! {
+    static PREPARED: RefCell<Prepared> = RefCell::new(Prepared::default());
+}
+
+/// `out[r]` = row `r` of `w` (rows of `nb` blocks) · the token `x` (`nb` blocks).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `w.len() == out.len() · nb`, `x.len() == nb`.
+pub(super) unsafe fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+    PREPARED.with_borrow_mut(|p| {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { prepare_and_multiply(w, x, nb, out, p) }
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prepare_and_multiply(
+    w: &[BlockQ4],
+    x: &[BlockQ8Act],
+    nb: usize,
+    out: &mut [f32],
+    p: &mut Prepared,
+) {
+    prepare(x, p);
+    for (r, y) in out.iter_mut().enumerate() {
+        *y = dot(&w[r * nb..(r + 1) * nb], x, p);
+    }
+}
+
+/// Fills `p` from `x`.
+#[inline(always)]
+unsafe fn prepare(x: &[BlockQ8Act], p: &mut Prepared) {
+    p.halves.clear();
+    for pair in x.chunks_exact(2) {
+        let (x0, x1) = (load_act(&pair[0]), load_act(&pair[1]));
+        p.halves.push(_mm256_permute2x128_si256::<0x20>(x0, x1));
+        p.halves.push(_mm256_permute2x128_si256::<0x31>(x0, x1));
+    }
+    p.d.clear();
+    p.d.extend(x.iter().map(|b| b.d));
+    p.offset.clear();
+    let (eights, ones) = (_mm256_set1_epi8(8), _mm256_set1_epi16(1));
+    p.offset.extend(x.iter().map(|b| {
+        // 8 · Σ q_x exactly: pairs ≤ 2 · 8 · 128 in i16, then i32 lanes.
+        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(eights, load_act(b)), ones);
+        b.d * hsum_ps(_mm256_cvtepi32_ps(lanes))
+    }));
+}
+
+/// Two blocks' `Σ q · x` (codes `0..=15`, no offset) against their prepared halves: lanes 0..4
+/// (i32) sum to block 0's, lanes 4..8 to block 1's.
+#[inline(always)]
+unsafe fn pair_lanes(w: &[BlockQ4], lo: __m256i, hi: __m256i) -> __m256i {
+    // Reads exactly the 16 bytes of each `qs`; bytes: [block 0 | block 1].
+    let packed = _mm256_set_m128i(
+        _mm_loadu_si128(w[1].qs.as_ptr().cast()),
+        _mm_loadu_si128(w[0].qs.as_ptr().cast()),
+    );
+    let mask = _mm256_set1_epi8(0x0F);
+    let codes_lo = _mm256_and_si256(packed, mask);
+    let codes_hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+    // i16 pairs: 2 · 2 · 15 · 128 at most, no overflow.
+    let pairs = _mm256_add_epi16(
+        _mm256_maddubs_epi16(codes_lo, lo),
+        _mm256_maddubs_epi16(codes_hi, hi),
+    );
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+/// The f16 scales of four blocks as f32 lanes, converted together (see `quad_scales`).
+#[inline(always)]
+unsafe fn quad_w_scales(w: &[BlockQ4]) -> __m128 {
+    let bits = |k: usize| w[k].d.to_bits() as i32;
+    let v = _mm_cvtsi32_si128(bits(0));
+    let v = _mm_insert_epi16::<1>(v, bits(1));
+    let v = _mm_insert_epi16::<2>(v, bits(2));
+    let v = _mm_insert_epi16::<3>(v, bits(3));
+    _mm_cvtph_ps(v)
+}
+
+/// Row `w` · the prepared token: four blocks per iteration, then the remaining 0..=3 with the
+/// one-row kernel's block function.
+#[inline(always)]
+unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act], p: &Prepared) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut offset = _mm_setzero_ps();
+    let quads = w.len() / 4;
+    for q in 0..quads {
+        let w4 = &w[4 * q..4 * q + 4];
+        prefetch_ahead(w4);
+        let dw = quad_w_scales(w4);
+        // Reads exactly 4 floats of `p.d` and of `p.offset` from block 4q.
+        let d = _mm_mul_ps(dw, _mm_loadu_ps(p.d[4 * q..4 * q + 4].as_ptr()));
+        offset = _mm_fmadd_ps(
+            dw,
+            _mm_loadu_ps(p.offset[4 * q..4 * q + 4].as_ptr()),
+            offset,
+        );
+        let h = &p.halves[4 * q..4 * q + 4];
+        acc0 = fma_scaled(acc0, lanes_01(d), pair_lanes(&w4[..2], h[0], h[1]));
+        acc1 = fma_scaled(acc1, lanes_23(d), pair_lanes(&w4[2..], h[2], h[3]));
+    }
+    let mut tail = 0.0;
+    for (bw, bx) in w[4 * quads..].iter().zip(&x[4 * quads..]) {
+        // The one-row kernel's block function, offset included.
+        let d = _mm256_set1_ps(f16_to_f32(bw.d) * bx.d);
+        acc0 = fma_scaled(acc0, d, q4_block_lanes(bw, bx));
+    }
+    let offset = _mm_add_ps(offset, _mm_movehl_ps(offset, offset));
+    let offset = _mm_add_ss(offset, _mm_movehdup_ps(offset));
+    tail -= _mm_cvtss_f32(offset);
+    hsum_ps(_mm256_add_ps(acc0, acc1)) + tail
+}
