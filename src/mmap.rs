@@ -66,9 +66,13 @@ impl ModelFile {
         })
     }
 
-    /// Opens [`ModelFile::load`] or [`ModelFile::open`] (`map`).
+    /// [`ModelFile::load`]s the file when it takes at most half of the memory available now
+    /// (Linux `MemAvailable`; assumed to fit where the OS does not tell), else [`ModelFile::open`]s
+    /// it, so a model larger than free RAM still runs from the page cache; `map` always maps.
     pub fn open_or_load(path: &Path, map: bool) -> Result<Self> {
-        if map {
+        let (_, len) = open_regular(path)?;
+        let fits = available_memory_bytes().is_none_or(|avail| len <= avail / 2);
+        if map || !fits {
             Self::open(path)
         } else {
             Self::load(path)
@@ -122,6 +126,14 @@ pub fn huge_page_buffer(bytes: usize, fill: u8) -> std::io::Result<MmapMut> {
 pub fn as_u64(bytes: &[u8]) -> Option<&[u64]> {
     // SAFETY: every 64-bit pattern is a valid u64.
     unsafe { cast_slice(bytes) }
+}
+
+/// Memory available for new allocations without swapping (Linux `MemAvailable`), if the OS tells.
+fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// Opens `path` for reading after checking that it is a non-empty regular file; returns it and
