@@ -312,15 +312,7 @@ unsafe fn prefetch_ahead<W>(w: &[W]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_pair_lanes(w: &[BlockQ4], x: &[BlockQ8Act]) -> __m256i {
     debug_assert!(w.len() == 2 && x.len() == 2);
-    // Reads exactly the 16 bytes of each `qs`; bytes: [block 0 | block 1].
-    let packed = _mm256_set_m128i(
-        _mm_loadu_si128(w[1].qs.as_ptr().cast()),
-        _mm_loadu_si128(w[0].qs.as_ptr().cast()),
-    );
-    let mask = _mm256_set1_epi8(0x0F);
-    // Codes of elements 0..16 of each block, then of elements 16..32.
-    let lo = _mm256_and_si256(packed, mask);
-    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+    let (lo, hi) = q4_pair_codes(w);
     // Activations rearranged to match: [x0 0..16 | x1 0..16] and [x0 16..32 | x1 16..32].
     let (x0, x1) = (load_act(&x[0]), load_act(&x[1]));
     let x_lo = _mm256_permute2x128_si256::<0x20>(x0, x1);
@@ -338,6 +330,22 @@ unsafe fn q4_pair_lanes(w: &[BlockQ4], x: &[BlockQ8Act]) -> __m256i {
     _mm256_madd_epi16(_mm256_sub_epi16(wx, offset), _mm256_set1_epi16(1))
 }
 
+/// Two q4 blocks' codes (`0..=15`) as bytes: `[block 0 | block 1]` of elements 0..16, then of
+/// elements 16..32.
+#[inline(always)]
+unsafe fn q4_pair_codes(w: &[BlockQ4]) -> (__m256i, __m256i) {
+    // Reads exactly the 16 bytes of each `qs`; bytes: [block 0 | block 1].
+    let packed = _mm256_set_m128i(
+        _mm_loadu_si128(w[1].qs.as_ptr().cast()),
+        _mm_loadu_si128(w[0].qs.as_ptr().cast()),
+    );
+    let mask = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(packed, mask),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask),
+    )
+}
+
 /// Scales of four blocks: lane `k` holds `d_w · d_x` of block `k`. Converting four f16 scales at
 /// once from a register the code fully defines also avoids a false dependency: converting one
 /// lane lets LLVM insert it into whatever register is free (once, an accumulator), which
@@ -345,15 +353,24 @@ unsafe fn q4_pair_lanes(w: &[BlockQ4], x: &[BlockQ8Act]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quad_scales<W: HasF16Scale>(w: &[W], x: &[BlockQ8Act]) -> __m128 {
-    debug_assert!(w.len() == 4 && x.len() == 4);
+    debug_assert!(x.len() == 4);
+    _mm_mul_ps(
+        quad_w_scales(w),
+        _mm_setr_ps(x[0].d, x[1].d, x[2].d, x[3].d),
+    )
+}
+
+/// The f16 scales of four blocks as f32 lanes, converted together (see [`quad_scales`]).
+#[inline(always)]
+unsafe fn quad_w_scales<W: HasF16Scale>(w: &[W]) -> __m128 {
+    debug_assert!(w.len() == 4);
     // 16-bit lane k = block k's f16 scale; the movd that starts the chain zeroes the rest.
     let bits = |k: usize| w[k].scale().to_bits() as i32;
     let v = _mm_cvtsi32_si128(bits(0));
     let v = _mm_insert_epi16::<1>(v, bits(1));
     let v = _mm_insert_epi16::<2>(v, bits(2));
     let v = _mm_insert_epi16::<3>(v, bits(3));
-    let dw = _mm_cvtph_ps(v);
-    _mm_mul_ps(dw, _mm_setr_ps(x[0].d, x[1].d, x[2].d, x[3].d))
+    _mm_cvtph_ps(v)
 }
 
 /// Lane `K` of `d` in all 8 lanes.

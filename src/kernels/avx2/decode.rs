@@ -16,6 +16,7 @@ use std::cell::RefCell;
 
 use super::{
     f16_to_f32, fma_scaled, hsum_ps, lanes_01, lanes_23, load_act, prefetch_ahead, q4_block_lanes,
+    q4_pair_codes, quad_w_scales,
 };
 use crate::quant::{BlockQ4, BlockQ8Act};
 
@@ -83,31 +84,13 @@ unsafe fn prepare(x: &[BlockQ8Act], p: &mut Prepared) {
 /// (i32) sum to block 0's, lanes 4..8 to block 1's.
 #[inline(always)]
 unsafe fn pair_lanes(w: &[BlockQ4], lo: __m256i, hi: __m256i) -> __m256i {
-    // Reads exactly the 16 bytes of each `qs`; bytes: [block 0 | block 1].
-    let packed = _mm256_set_m128i(
-        _mm_loadu_si128(w[1].qs.as_ptr().cast()),
-        _mm_loadu_si128(w[0].qs.as_ptr().cast()),
-    );
-    let mask = _mm256_set1_epi8(0x0F);
-    let codes_lo = _mm256_and_si256(packed, mask);
-    let codes_hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+    let (codes_lo, codes_hi) = q4_pair_codes(w);
     // i16 pairs: 2 · 2 · 15 · 128 at most, no overflow.
     let pairs = _mm256_add_epi16(
         _mm256_maddubs_epi16(codes_lo, lo),
         _mm256_maddubs_epi16(codes_hi, hi),
     );
     _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
-}
-
-/// The f16 scales of four blocks as f32 lanes, converted together (see `quad_scales`).
-#[inline(always)]
-unsafe fn quad_w_scales(w: &[BlockQ4]) -> __m128 {
-    let bits = |k: usize| w[k].d.to_bits() as i32;
-    let v = _mm_cvtsi32_si128(bits(0));
-    let v = _mm_insert_epi16::<1>(v, bits(1));
-    let v = _mm_insert_epi16::<2>(v, bits(2));
-    let v = _mm_insert_epi16::<3>(v, bits(3));
-    _mm_cvtph_ps(v)
 }
 
 /// Row `w` · the prepared token: four blocks per iteration, then the remaining 0..=3 with the
@@ -132,7 +115,6 @@ unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act], p: &Prepared) -> f32 {
         acc0 = fma_scaled(acc0, lanes_01(d), pair_lanes(&w4[..2], h[0], h[1]));
         acc1 = fma_scaled(acc1, lanes_23(d), pair_lanes(&w4[2..], h[2], h[3]));
     }
-    let mut tail = 0.0;
     for (bw, bx) in w[4 * quads..].iter().zip(&x[4 * quads..]) {
         // The one-row kernel's block function, offset included.
         let d = _mm256_set1_ps(f16_to_f32(bw.d) * bx.d);
@@ -140,6 +122,5 @@ unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act], p: &Prepared) -> f32 {
     }
     let offset = _mm_add_ps(offset, _mm_movehl_ps(offset, offset));
     let offset = _mm_add_ss(offset, _mm_movehdup_ps(offset));
-    tail -= _mm_cvtss_f32(offset);
-    hsum_ps(_mm256_add_ps(acc0, acc1)) + tail
+    hsum_ps(_mm256_add_ps(acc0, acc1)) - _mm_cvtss_f32(offset)
 }
