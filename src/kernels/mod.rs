@@ -74,6 +74,8 @@ pub struct Ops {
     /// of `nb` blocks each, `out[r · n + t]` = [`Ops::dot_q8`] of row `r` and token `t` (the
     /// same exact integer block sums; only the float summation order may differ). SIMD tables
     /// compute several rows × tokens per pass so each loaded block serves several products.
+    /// Activation values must lie in `−127..=127`, as [`Ops::quantize_act`] writes them (the
+    /// NEON kernels sum two int8 products in an i16 lane); weights may be any int8.
     pub matmul_q8: fn(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]),
     /// [`Ops::matmul_q8`] for q4 weights (each product as [`Ops::dot_q4`]).
     pub matmul_q4: fn(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]),
@@ -580,8 +582,10 @@ mod tests {
     /// (rows, tokens, blocks per row): tile remainders in every dimension, gpt2-xl widths, and
     /// batches of eight rows or more (packed kernels) with leftover rows, leftover tokens and
     /// widths around the packing chunk of 32 blocks; single tokens (decode) with 0..=3 blocks
-    /// beyond a multiple of four.
-    const SHAPES: [(usize, usize, usize); 17] = [
+    /// beyond a multiple of four; two or three tokens (the decode kernels per token) with rows not
+    /// a multiple of four; a row wider than the NEON decode kernels' prepared activation (257
+    /// blocks).
+    const SHAPES: [(usize, usize, usize); 20] = [
         (1, 1, 1),
         (3, 5, 3),
         (2, 4, 4),
@@ -599,6 +603,9 @@ mod tests {
         (8, 7, 32),
         (5, 1, 7),
         (16, 1, 200),
+        (6, 2, 9),
+        (7, 3, 50),
+        (13, 2, 257),
     ];
 
     fn check<W>(
@@ -669,6 +676,35 @@ mod tests {
             (b.d.to_f32(), q)
         };
         check("q4", ops().matmul_q4, scalar::matmul_q4, codes, q4);
+    }
+
+    #[test]
+    fn integer_tile_sums_are_exact_at_the_activation_range_limits() {
+        // Every weight −128 (which no converter writes, but a file may hold) against ±127, the
+        // widest activations `quantize_act` writes: the largest products, all in one direction.
+        for (rows, n, nb) in [(5, 1, 3), (6, 3, 2), (9, 6, 3)] {
+            for xq in [127i8, -127] {
+                let w = vec![
+                    BlockQ8 {
+                        d: f16::ONE,
+                        qs: [-128; QK]
+                    };
+                    rows * nb
+                ];
+                let x = vec![
+                    BlockQ8Act {
+                        d: 1.0,
+                        qs: [xq; QK]
+                    };
+                    n * nb
+                ];
+                let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+                (ops().matmul_q8)(&w, &x, nb, &mut a);
+                scalar::matmul_q8(&w, &x, nb, &mut b);
+                assert_eq!(a, b, "{rows}x{n}x{nb} x={xq}");
+                assert_eq!(b[0], -128.0 * xq as f32 * (QK * nb) as f32);
+            }
+        }
     }
 
     #[test]

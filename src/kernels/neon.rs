@@ -17,7 +17,9 @@
 //! This module owns only the SIMD code; lengths are checked by the safe wrappers with the same
 //! asserts as the [`scalar`](super::scalar) twins, which are the reference in the tests below.
 
+mod decode;
 mod elem;
+mod packed;
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -488,116 +490,49 @@ unsafe fn dot_q4_sdot(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tiles: R weight rows × T tokens per pass, four blocks at a time. The blocks' loads (and q4
-// unpacking) are shared by every pair that uses them, and the R · T float accumulators are
-// summed across lanes only at the end.
+// Matrix products: batches of four or more tokens over packed rows (`packed`), fewer tokens four
+// rows at a time against a prepared activation (`decode`).
 // ---------------------------------------------------------------------------------------------
 
-/// Lanes: the rows' four f16 scales of blocks `b..b + 4`, as f32.
+/// Every row × token of `w` and `x` into `out` (`(rows, n)`), with the packed batch kernel for
+/// four tokens or more, else the decode kernel (the one-row loop for rows wider than it takes).
 ///
 /// # Safety
-/// NEON must be available; the slice holds at least `b + 4` blocks.
+/// The CPU must have the features `F`, `K` and `D` use; `w.len() == rows · nb`,
+/// `x.len() == n · nb`, `out.len() == rows · n`.
 #[inline(always)]
-unsafe fn w_scales4<W: Scaled>(w: &[W], b: usize) -> float32x4_t {
-    let dw = [
-        w[b].d_bits(),
-        w[b + 1].d_bits(),
-        w[b + 2].d_bits(),
-        w[b + 3].d_bits(),
-    ];
-    f16x4_to_f32(vld1_u16(dw.as_ptr()))
-}
-
-/// `out[r][t]` = the dot of row `w[r]` with token `x[t]` (all `nb` blocks long).
-///
-/// # Safety
-/// The CPU must have the features `K` uses; every slice holds at least `nb` blocks.
-// Index loops over the R × T accumulators and the tile's rows and tokens together.
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-unsafe fn tile<K: BlockDot, const R: usize, const T: usize>(
-    w: [&[K::W]; R],
-    x: [&[BlockQ8Act]; T],
-    nb: usize,
-) -> [[f32; T]; R] {
-    let mut acc = [[vdupq_n_f32(0.0); T]; R];
-    let quads = nb / 4 * 4;
-    for b in (0..quads).step_by(4) {
-        let mut dx = [vdupq_n_f32(0.0); T];
-        for t in 0..T {
-            let d = [x[t][b].d, x[t][b + 1].d, x[t][b + 2].d, x[t][b + 3].d];
-            dx[t] = vld1q_f32(d.as_ptr());
-        }
-        for r in 0..R {
-            let dw = w_scales4(w[r], b);
-            for t in 0..T {
-                let sums = horizontal_sums4([
-                    K::lanes(&w[r][b], &x[t][b]),
-                    K::lanes(&w[r][b + 1], &x[t][b + 1]),
-                    K::lanes(&w[r][b + 2], &x[t][b + 2]),
-                    K::lanes(&w[r][b + 3], &x[t][b + 3]),
-                ]);
-                // Block sums are at most 32 · 128² = 2^19 in magnitude: exact in f32.
-                acc[r][t] = vfmaq_f32(acc[r][t], vmulq_f32(dw, dx[t]), vcvtq_f32_s32(sums));
-            }
-        }
-    }
-    let mut out = [[0f32; T]; R];
-    for r in 0..R {
-        for t in 0..T {
-            let mut tail = 0f32;
-            for b in quads..nb {
-                let d = f16_to_f32(w[r][b].d_bits()) * x[t][b].d;
-                tail += d * vaddvq_s32(K::lanes(&w[r][b], &x[t][b])) as f32;
-            }
-            out[r][t] = vaddvq_f32(acc[r][t]) + tail;
-        }
-    }
-    out
-}
-
-/// Every row × token: four tokens at a time against two rows at a time, then the remaining
-/// tokens (the decode case) one row at a time with the one-row loop.
-///
-/// # Safety
-/// The CPU must have the features `K` uses; `w.len() == rows · nb`, `x.len() == n · nb`,
-/// `out.len() == rows · n`.
-#[inline(always)]
-unsafe fn matmul_tiles<K: BlockDot>(
-    w: &[K::W],
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_blocks<F, K, D, B>(
+    w: &[D::W],
     x: &[BlockQ8Act],
     nb: usize,
     rows: usize,
     n: usize,
     out: &mut [f32],
-) {
-    let row = |r: usize| &w[r * nb..(r + 1) * nb];
-    let tok = |t: usize| &x[t * nb..(t + 1) * nb];
-    let mut t0 = 0;
-    while t0 + 4 <= n {
-        let xs = [tok(t0), tok(t0 + 1), tok(t0 + 2), tok(t0 + 3)];
-        let mut r0 = 0;
-        while r0 + 2 <= rows {
-            let y = tile::<K, 2, 4>([row(r0), row(r0 + 1)], xs, nb);
-            out[r0 * n + t0..][..4].copy_from_slice(&y[0]);
-            out[(r0 + 1) * n + t0..][..4].copy_from_slice(&y[1]);
-            r0 += 2;
-        }
-        if r0 < rows {
-            let [y] = tile::<K, 1, 4>([row(r0)], xs, nb);
-            out[r0 * n + t0..][..4].copy_from_slice(&y);
-        }
-        t0 += 4;
-    }
-    for t in t0..n {
+) where
+    F: packed::PackFormat<W = D::W>,
+    K: packed::GroupDot,
+    D: decode::RowDot,
+    B: BlockDot<W = D::W>,
+{
+    if nb == 0 {
+        out.fill(0.0);
+    } else if n >= packed::MIN_TOKENS {
+        packed::matmul::<F, K>(w, x, nb, rows, n, out);
+    } else if nb <= decode::MAX_BLOCKS {
+        decode::matvec::<D>(w, x, nb, rows, n, out);
+    } else {
         for r in 0..rows {
-            out[r * n + t] = dot_blocks::<K>(row(r), tok(t));
+            for t in 0..n {
+                out[r * n + t] =
+                    dot_blocks::<B>(&w[r * nb..(r + 1) * nb], &x[t * nb..(t + 1) * nb]);
+            }
         }
     }
 }
 
 /// # Safety
-/// NEON must be available; shapes as [`matmul_tiles`] requires.
+/// NEON must be available; shapes as [`matmul_blocks`] requires.
 #[target_feature(enable = "neon")]
 unsafe fn matmul_q8_neon(
     w: &[BlockQ8],
@@ -607,11 +542,11 @@ unsafe fn matmul_q8_neon(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_tiles::<Q8Mull>(w, x, nb, rows, n, out)
+    matmul_blocks::<packed::Q8, packed::Mull, decode::Q8Mull, Q8Mull>(w, x, nb, rows, n, out)
 }
 
 /// # Safety
-/// NEON must be available; shapes as [`matmul_tiles`] requires.
+/// NEON must be available; shapes as [`matmul_blocks`] requires.
 #[target_feature(enable = "neon")]
 unsafe fn matmul_q4_neon(
     w: &[BlockQ4],
@@ -621,11 +556,11 @@ unsafe fn matmul_q4_neon(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_tiles::<Q4Mull>(w, x, nb, rows, n, out)
+    matmul_blocks::<packed::Q4, packed::Mull, decode::Q4Mull, Q4Mull>(w, x, nb, rows, n, out)
 }
 
 /// # Safety
-/// The CPU must support `dotprod`; shapes as [`matmul_tiles`] requires.
+/// The CPU must support `dotprod`; shapes as [`matmul_blocks`] requires.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn matmul_q8_sdot(
     w: &[BlockQ8],
@@ -635,11 +570,11 @@ unsafe fn matmul_q8_sdot(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_tiles::<Q8Sdot>(w, x, nb, rows, n, out)
+    matmul_blocks::<packed::Q8, packed::Sdot, decode::Q8Sdot, Q8Sdot>(w, x, nb, rows, n, out)
 }
 
 /// # Safety
-/// The CPU must support `dotprod`; shapes as [`matmul_tiles`] requires.
+/// The CPU must support `dotprod`; shapes as [`matmul_blocks`] requires.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn matmul_q4_sdot(
     w: &[BlockQ4],
@@ -649,7 +584,7 @@ unsafe fn matmul_q4_sdot(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_tiles::<Q4Sdot>(w, x, nb, rows, n, out)
+    matmul_blocks::<packed::Q4, packed::Sdot, decode::Q4Sdot, Q4Sdot>(w, x, nb, rows, n, out)
 }
 
 // ---------------------------------------------------------------------------------------------
