@@ -219,7 +219,9 @@ pub fn matmul(w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut 
 /// the sampler reports it. (An infinite value already gives `0 * inf = NaN` in the dot products.)
 fn poison_nan_blocks(xs: &[f32], act: &mut [BlockQ8Act]) {
     for (block, a) in xs.chunks_exact(QK).zip(act) {
-        if block.iter().any(|v| v.is_nan()) {
+        // A count rather than `any`: without the early exit the loop vectorises (a tenth of
+        // the instructions on NEON).
+        if block.iter().map(|v| v.is_nan() as u32).sum::<u32>() > 0 {
             a.d = f32::NAN;
         }
     }

@@ -16,7 +16,7 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::{f16_to_f32, f16x4_to_f32};
+use super::{f16_to_f32, f16x4_to_f32, f16x8_high_to_f32};
 use crate::kernels::exp_consts::{EXP_HI, EXP_LO, EXP_P, LN2_HI, LN2_LO};
 
 // ---------------------------------------------------------------------------------------------
@@ -297,6 +297,25 @@ unsafe fn axpy_f16_neon(acc: &mut [f32], s: f32, x: &[f16]) {
     // `half::f16` is `repr(transparent)` over its u16 bits.
     let (pa, px) = (acc.as_mut_ptr(), x.as_ptr().cast::<u16>());
     let mut i = 0;
+    // Sixteen at a time (a head of 64 is four passes): the loop's bookkeeping is a third of
+    // the instructions when it runs four at a time.
+    while i + 16 <= n {
+        // SAFETY: both slices are `n` long and `i + 16 ≤ n`; the loads read `x[i..i + 16]`.
+        unsafe {
+            let (h0, h1) = (vld1q_u16(px.add(i)), vld1q_u16(px.add(i + 8)));
+            let xf = [
+                f16x4_to_f32(vget_low_u16(h0)),
+                f16x8_high_to_f32(h0),
+                f16x4_to_f32(vget_low_u16(h1)),
+                f16x8_high_to_f32(h1),
+            ];
+            for (k, xk) in xf.into_iter().enumerate() {
+                let p = pa.add(i + 4 * k);
+                vst1q_f32(p, vaddq_f32(vld1q_f32(p), vmulq_n_f32(xk, s)));
+            }
+        }
+        i += 16;
+    }
     while i < full {
         // SAFETY: both slices are `n` long and `i + 4 ≤ n`; the load reads `x[i..i + 4]`.
         unsafe {

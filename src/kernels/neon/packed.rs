@@ -223,18 +223,40 @@ unsafe fn chunk<K: GroupDot, const T: usize>(
     x: [&[BlockQ8Act]; T],
     acc: &mut [float32x4_t; T],
 ) {
-    for (b, pb) in packed.iter().enumerate() {
+    let mut xp = x.map(|xs| xs.as_ptr());
+    for pb in packed {
         let q: [int8x16_t; 8] = std::array::from_fn(|k| vld1q_s8(pb.q[k].as_ptr()));
         let dw = vld1q_f32(pb.d.as_ptr());
         for t in 0..T {
-            // SAFETY: every `x[t]` holds at least `packed.len()` blocks (the caller's contract).
-            let xb = x[t].get_unchecked(b);
-            let p = xb.qs.as_ptr();
-            let sums = K::block(&q, vld1q_s8(p), vld1q_s8(p.add(16)));
+            let (dx, x0, x1) = load_act(&mut xp[t]);
+            let sums = K::block(&q, x0, x1);
             // Block sums are at most 32 · 128² = 2^19 in magnitude: exact in f32.
-            acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(sums), vmulq_n_f32(dw, xb.d));
+            acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(sums), vmulq_n_f32(dw, dx));
         }
     }
+}
+
+/// Block `*p`'s scale and values (elements 0..16, 16..32); advances `p` to the next block. In
+/// `asm!` so that each token keeps its own post-incremented pointer (compiled from intrinsics,
+/// the tokens' addresses are recomputed from one base every block).
+///
+/// # Safety
+/// NEON must be available; `*p` points at a readable block.
+#[inline(always)]
+unsafe fn load_act(p: &mut *const BlockQ8Act) -> (f32, int8x16_t, int8x16_t) {
+    let (d, x0, x1): (f32, int8x16_t, int8x16_t);
+    // SAFETY: `*p` addresses a readable block (the caller's contract); the loads read exactly
+    // its 4 + 32 bytes and leave the pointer just past it.
+    asm!(
+        "ldr {d:s}, [{p}], #4",
+        "ldp {x0:q}, {x1:q}, [{p}], #32",
+        p = inout(reg) *p,
+        d = out(vreg) d,
+        x0 = out(vreg) x0,
+        x1 = out(vreg) x1,
+        options(readonly, nostack, preserves_flags)
+    );
+    (d, x0, x1)
 }
 
 /// The packed chunk against tokens `t0..t0 + T`, added into `out` (`(rows, n)`; rows `r0..`).
