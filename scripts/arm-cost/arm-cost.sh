@@ -12,6 +12,7 @@
 #                                     [-o OUT_DIR] [-t THREADS] GPT2Q_BINARY
 #   GPT2Q_BINARY: an aarch64 build (scripts/test-aarch64.sh builds one under target/debian-cross),
 #                 or an armv7 one (then -c takes qemu-arm CPUs such as cortex-a7 or cortex-a15).
+#   -t THREADS: instructions are summed over all threads (spinning and duplicated work show).
 #   Prints one line per CPU × quant × measurement: "cpu quant what Minsn/token simd-share ldst-share".
 #   The SIMD/FP and load/store shares are meaningful on aarch64 only.
 set -euo pipefail
@@ -40,7 +41,9 @@ fi
 count() {
   local name=$1 cpu=$2
   shift 2
-  QEMU_CPU=$cpu timeout 3000 "$qemu" -plugin "$plugin,out=$out/$name.json" "$bin" "$@" \
+  # The plugin's counters are not atomic: with several guest threads, qemu runs on one host
+  # core so that no increment is lost to a race.
+  QEMU_CPU=$cpu timeout 3000 taskset -c 0 "$qemu" -plugin "$plugin,out=$out/$name.json" "$bin" "$@" \
     >"$out/$name.log" 2>&1 || { echo "run $name failed: see $out/$name.log" >&2; exit 1; }
   python3 -c "import json; d = json.load(open('$out/$name.json')); print(d['insns'], d['simd_fp'], d['ldst'])"
 }

@@ -2,14 +2,14 @@
 # Where an emulated gpt2q run spends its guest instructions, per function: the difference of two
 # bench runs (like arm-cost.sh), so only the per-token work shows. Counts, not time.
 #
-# Usage: scripts/arm-cost/profile.sh [-c CPU] [-q QUANT] [-w decode|prefill] [-n TOP] GPT2Q_BINARY
+# Usage: scripts/arm-cost/profile.sh [-c CPU] [-q QUANT] [-w decode|prefill] [-n TOP] [-t THREADS] GPT2Q_BINARY
 # Prints "Minsn/token  share  function" for the TOP functions (default 25).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-cpu=cortex-a76 q=q8 what=decode top=25
-while getopts "c:q:w:n:" o; do
+cpu=cortex-a76 q=q8 what=decode top=25 threads=1
+while getopts "c:q:w:n:t:" o; do
   case $o in
-    c) cpu=$OPTARG ;; q) q=$OPTARG ;; w) what=$OPTARG ;; n) top=$OPTARG ;;
+    c) cpu=$OPTARG ;; q) q=$OPTARG ;; w) what=$OPTARG ;; n) top=$OPTARG ;; t) threads=$OPTARG ;;
     *) sed -n '2,7p' "$0"; exit 2 ;;
   esac
 done
@@ -20,8 +20,9 @@ gcc -shared -fPIC -O2 -o "$out/insnprofile.so" "$here/insnprofile.c"
 if [[ $what == decode ]]; then a=(-p 0 -n 4) b=(-p 0 -n 12) div=16; else a=(-p 32 -n 0) b=(-p 64 -n 0) div=64; fi
 for run in a b; do
   declare -n args=$run
-  QEMU_CPU=$cpu qemu-aarch64 -plugin "$out/insnprofile.so,out=$out/$run.txt" "$bin" \
-    bench --synthetic 124M --quant "$q" -t 1 -r 1 "${args[@]}" >"$out/$run.log" 2>&1
+  # One host core: the plugin's counters are not atomic (see arm-cost.sh).
+  QEMU_CPU=$cpu taskset -c 0 qemu-aarch64 -plugin "$out/insnprofile.so,out=$out/$run.txt" "$bin" \
+    bench --synthetic 124M --quant "$q" -t "$threads" -r 1 "${args[@]}" >"$out/$run.log" 2>&1
 done
 nm -C --defined-only "$bin" | awk '$2 ~ /^[tTwW]$/ {print $1, substr($0, index($0, $3))}' | sort >"$out/syms.txt"
 python3 - "$out" "$div" "$top" <<'PY'
