@@ -14,6 +14,7 @@ pub mod format;
 pub mod generate;
 pub mod kernels;
 pub mod kv_cache;
+pub mod machine;
 pub mod mmap;
 pub mod model;
 pub mod perplexity;

@@ -4,10 +4,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gpt2q::bench::{self, CacheSpec, Machine, Measurement};
+use gpt2q::bench::{self, CacheSpec, Measurement};
 use gpt2q::format::DType;
 use gpt2q::kernels;
 use gpt2q::kv_cache::KvType;
+use gpt2q::machine::{self, Machine};
 use gpt2q::mmap::ModelFile;
 use gpt2q::model::Model;
 use gpt2q::synthetic::{self, Size};
@@ -86,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
         )));
     }
     let threads = thread_list(&args.threads)?;
-    let machine = Machine::probe();
+    let before = Machine::probe();
     let membw = bandwidths(&threads)?;
     if args.membw {
         for (t, gbs) in &membw {
@@ -96,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let files = model_files(&args)?;
     // Peak RSS from here on: the runs, not the bandwidth buffer or building synthetic files.
-    bench::reset_peak_rss();
+    machine::reset_peak_rss();
     let mut rows = Vec::new();
     for (label, path, temp) in files {
         let result = bench_file(&args, &label, &path, &threads, &membw, &mut rows);
@@ -107,9 +108,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     let after = Machine::probe();
     match args.format.as_str() {
-        "json" => print_json(&machine, &after, &rows),
+        "json" => print_json(&before, &after, &rows),
         "csv" => print_csv(&rows),
-        _ => print_table(&machine, &after, &rows),
+        _ => print_table(&before, &after, &rows),
     }
     Ok(())
 }
@@ -119,9 +120,7 @@ fn thread_list(requested: &[usize]) -> Result<Vec<usize>> {
         return Err(Error::invalid("--threads values must be at least 1"));
     }
     if requested.is_empty() {
-        return Ok(vec![
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        ]);
+        return Ok(vec![machine::cores()]);
     }
     Ok(requested.to_vec())
 }
@@ -240,6 +239,9 @@ fn machine_line(m: &Machine) -> String {
         m.cores,
         kernels::path().name()
     );
+    if !m.features.is_empty() {
+        s += &format!(", features: {}", m.features.join(" "));
+    }
     if let Some(b) = &m.board {
         s += &format!(", board: {b}");
     }
@@ -289,7 +291,7 @@ fn print_table(before: &Machine, after: &Machine, rows: &[Row]) {
             r.load_ms,
         );
     }
-    if let (Some(r), Some(rss)) = (rows.first(), bench::peak_rss_bytes()) {
+    if let (Some(r), Some(rss)) = (rows.first(), machine::peak_rss_bytes()) {
         println!();
         println!(
             "pp = {} prompt tokens in one batch; tg = {} decode steps from an empty cache (all logits); ctx {}, KV {}; medians ± half-range over repeats",
@@ -356,15 +358,16 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
         })
         .collect();
     println!(
-        "{{\"machine\":{{\"cpu\":{},\"cores\":{},\"kernels\":{},\"board\":{},\"temperature_c_before\":{},\"temperature_c_after\":{},\"throttled_after\":{}}},\"peak_rss_bytes\":{},\"results\":[{}]}}",
+        "{{\"machine\":{{\"cpu\":{},\"cores\":{},\"kernels\":{},\"features\":[{}],\"board\":{},\"temperature_c_before\":{},\"temperature_c_after\":{},\"throttled_after\":{}}},\"peak_rss_bytes\":{},\"results\":[{}]}}",
         json_str(&before.cpu),
         before.cores,
         json_str(kernels::path().name()),
+        before.features.iter().map(|f| json_str(f)).collect::<Vec<_>>().join(","),
         before.board.as_deref().map_or("null".to_string(), json_str),
         json_opt(before.temperature_c),
         json_opt(after.temperature_c),
         json_opt(after.throttled),
-        json_opt(bench::peak_rss_bytes()),
+        json_opt(machine::peak_rss_bytes()),
         results.join(",")
     );
 }

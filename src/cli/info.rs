@@ -81,7 +81,7 @@ pub(super) fn plan(
         ))),
         Some(_) => Ok((ctx, plan)),
         None => {
-            check_fits_machine(ctx, &plan, gpt2q::bench::machine_memory_bytes())?;
+            check_fits_machine(ctx, &plan, gpt2q::machine::memory_bytes())?;
             Ok((ctx, plan))
         }
     }

@@ -136,7 +136,7 @@ impl ModelArgs {
         let n = match self.threads {
             Some(0) => return Err(Error::invalid("--threads must be at least 1")),
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => gpt2q::machine::cores(),
         };
         // A second call (tests running several commands in one process) keeps the first pool.
         let _ = rayon::ThreadPoolBuilder::new()

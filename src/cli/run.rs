@@ -176,7 +176,7 @@ pub fn run(args: Args) -> Result<()> {
         report(&stats);
     }
     if args.print_peak_rss {
-        match gpt2q::bench::peak_rss_bytes() {
+        match gpt2q::machine::peak_rss_bytes() {
             Some(b) => eprintln!("gpt2q: peak RSS {b} bytes"),
             None => eprintln!("gpt2q: peak RSS unknown"),
         }
