@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvType;
 use crate::machine;
-use crate::model::{Model, Session, SessionConfig};
+use crate::model::Model;
+use crate::session::{Session, SessionConfig};
 
 /// What one benchmark configuration measured.
 #[derive(Clone, Debug)]

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 use crate::generate::{StopReason, StopText};
-use crate::model::Session;
 use crate::sampler::Sampler;
+use crate::session::Session;
 use crate::tokenizer::Utf8Stream;
 
 /// The placeholder a turn template replaces with the user's text.

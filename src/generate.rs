@@ -9,8 +9,8 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::model::Session;
 use crate::sampler::Sampler;
+use crate::session::Session;
 
 /// When generation stops.
 #[derive(Clone, Copy, Debug)]

@@ -268,7 +268,8 @@ pub fn tiny_bytes() -> Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::mmap::ModelFile;
-    use crate::model::{Model, Session};
+    use crate::model::Model;
+    use crate::session::Session;
 
     #[test]
     fn synthetic_124m_loads_and_runs() {

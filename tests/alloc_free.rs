@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use gpt2q::generate::{generate_with_policy, ContextPolicy, GenerationStats, StopRules};
 use gpt2q::kv_cache::KvType;
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session, SessionConfig};
+use gpt2q::model::Model;
 use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::session::{Session, SessionConfig};
 
 struct Counting;
 

@@ -14,8 +14,9 @@ use gpt2q::chat::{run_chat, Chat, ChatConfig, ChatTemplate, Interrupt};
 use gpt2q::generate::{generate, StopReason, StopRules};
 use gpt2q::kv_cache::KvType;
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session, SessionConfig};
+use gpt2q::model::Model;
 use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::session::{Session, SessionConfig};
 
 fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gpt2-q8.g2q")

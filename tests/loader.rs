@@ -163,7 +163,7 @@ fn split_embedding(k: usize, head_shape: [u64; 2], tail_shape: [u64; 2]) -> Vec<
 /// of the same rows stored whole; inconsistent shapes are format errors.
 #[test]
 fn a_split_embedding_computes_what_the_whole_one_does() {
-    use gpt2q::model::Session;
+    use gpt2q::session::Session;
     let (v, e, k) = (50257u64, 256u64, 700usize);
     let split = split_embedding(k, [k as u64, e], [v - k as u64, e]);
     let whole = bytes();

@@ -7,9 +7,10 @@ mod common;
 use common::{converted, floats, ids, reference, EMULATED};
 use gpt2q::generate::{generate, StopRules};
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
+use gpt2q::model::Model;
 use gpt2q::perplexity::{compare, perplexity};
 use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::session::Session;
 use gpt2q_convert::convert::Quant;
 
 /// Max |logit − reference| allowed for the f32 and f16 models (the reference rounds to 6 digits).

@@ -4,8 +4,9 @@
 use std::io::IsTerminal;
 
 use gpt2q::chat::{run_chat, Chat, ChatConfig, ChatTemplate, Interrupt, SignalAction};
-use gpt2q::model::{Model, Session, SessionConfig};
+use gpt2q::model::Model;
 use gpt2q::sampler::Sampler;
+use gpt2q::session::{self, Session};
 use gpt2q::{Error, Result};
 
 use super::options::{unescape, ContextArgs, SamplingArgs};
@@ -46,8 +47,9 @@ pub fn run(args: Args) -> Result<()> {
     let file = args.model.open()?;
     let model = Model::load(&file, args.model.verify)?;
     let c = &args.context;
-    let (ctx, _) = super::info::plan(&model.hparams, file.bytes().len(), c.ctx, c.kv, c.mem_limit)?;
-    let mut session = Session::with_config(&model, SessionConfig::new(ctx).with_kv(c.kv))?;
+    let plan = session::plan(&model.hparams, file.bytes().len(), c.ctx, c.kv, c.mem_limit)?;
+    let ctx = plan.config.ctx;
+    let mut session = Session::with_config(&model, plan.config)?;
     let mut sampler = Sampler::new(config.clone(), model.hparams.n_vocab as usize)?;
     let interactive = std::io::stdin().is_terminal();
     if !args.quiet {

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
+use gpt2q::model::Model;
 use gpt2q::perplexity::{compare, perplexity, Comparison};
+use gpt2q::session::Session;
 use gpt2q::{Error, Result};
 
 use super::ModelArgs;

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use gpt2q::generate::{
     generate_with_policy, reserve_len, ContextPolicy, StopReason, StopRules, StopText,
 };
-use gpt2q::model::{Model, Session, SessionConfig};
+use gpt2q::model::Model;
 use gpt2q::sampler::Sampler;
+use gpt2q::session::{self, Session};
 use gpt2q::task::{Task, TaskDefaults};
 use gpt2q::tokenizer::Utf8Stream;
 use gpt2q::{Error, Result};
@@ -130,22 +131,23 @@ pub fn run(args: Args) -> Result<()> {
     let file = args.model.open()?;
     let model = Model::load(&file, args.model.verify)?;
     let ctx_args = &args.context;
-    let (ctx, plan) = super::info::plan(
+    let plan = session::plan(
         &model.hparams,
         file.bytes().len(),
         ctx_args.ctx,
         ctx_args.kv,
         ctx_args.mem_limit,
     )?;
+    let ctx = plan.config.ctx;
     let (ids, prompt) = prompt_ids(&model, prompt, ctx, args.truncate_prompt, args.quiet)?;
-    let mut session = Session::with_config(&model, SessionConfig::new(ctx).with_kv(ctx_args.kv))?;
+    let mut session = Session::with_config(&model, plan.config)?;
     let mut sampler = Sampler::new(config.clone(), model.hparams.n_vocab as usize)?;
     if !args.quiet {
         eprintln!(
             "gpt2q: {} prompt tokens, ctx {ctx}, KV {}, {:.1} MiB planned, seed {}",
             ids.len(),
             ctx_args.kv,
-            plan.total() as f64 / (1024.0 * 1024.0),
+            plan.memory.total() as f64 / (1024.0 * 1024.0),
             config.seed
         );
     }
