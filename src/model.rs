@@ -5,8 +5,9 @@
 //! with the shapes and dtypes they must have. Running them is [`crate::session`]'s.
 
 use crate::error::{Error, Result};
-use crate::format::{DType, HParams, Layout, TensorEntry};
+use crate::format::{HParams, Layout, TensorEntry};
 use crate::mmap::{self, ModelFile};
+use crate::quant::DType;
 use crate::tensor::{Matrix, SplitMatrix, Weights};
 use crate::tokenizer::Tokenizer;
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::format::{Activation, DType, HParams, ModelWriter, TensorSpec};
-use crate::quant::QK;
+use crate::format::{Activation, HParams, ModelWriter, TensorSpec};
+use crate::quant::{DType, QK};
 use crate::tokenizer::{Tokenizer, ENDOFTEXT, ENDOFTEXT_ID};
 
 /// A GPT-2 size by its common name.

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use gpt2q::bench::{self, CacheSpec, Measurement};
-use gpt2q::format::DType;
 use gpt2q::kernels;
 use gpt2q::kv_cache::KvType;
 use gpt2q::machine::{self, Machine};
 use gpt2q::mmap::ModelFile;
 use gpt2q::model::Model;
+use gpt2q::quant::DType;
 use gpt2q::synthetic::{self, Size};
 use gpt2q::{Error, Result};
 
