@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<()> {
     let membw = bandwidths(&threads)?;
     if args.membw {
         for (t, gbs) in &membw {
-            println!("memory bandwidth (streaming read, {t} threads): {gbs:.1} GB/s");
+            outln!("memory bandwidth (streaming read, {t} threads): {gbs:.1} GB/s");
         }
         return Ok(());
     }
@@ -112,7 +112,6 @@ pub fn run(args: Args) -> Result<()> {
         "csv" => print_csv(&rows),
         _ => print_table(&before, &after, &rows),
     }
-    Ok(())
 }
 
 fn thread_list(requested: &[usize]) -> Result<Vec<usize>> {
@@ -260,19 +259,19 @@ fn throttle_warning(before: &Machine, after: &Machine) -> Option<String> {
     })
 }
 
-fn print_table(before: &Machine, after: &Machine, rows: &[Row]) {
-    println!("machine: {}", machine_line(before));
+fn print_table(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
+    outln!("machine: {}", machine_line(before));
     if let (Some(a), Some(b)) = (before.temperature_c, after.temperature_c) {
-        println!("temperature: {a:.1} °C before, {b:.1} °C after");
+        outln!("temperature: {a:.1} °C before, {b:.1} °C after");
     }
     if let Some(w) = throttle_warning(before, after) {
-        println!("{w}");
+        outln!("{w}");
     }
-    println!();
-    println!("| model | quant | threads | pp tok/s | tg tok/s | ms/tok p50 / p90 / p99 | TTFT ms | GB/s (roofline) | load ms |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    outln!();
+    outln!("| model | quant | threads | pp tok/s | tg tok/s | ms/tok p50 / p90 / p99 | TTFT ms | GB/s (roofline) | load ms |");
+    outln!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        println!(
+        outln!(
             "| {} | {} | {} | {:.1} ± {:.1} | {:.1} ± {:.1} | {:.2} / {:.2} / {:.2} | {:.1} | {:.1} of {:.1} ({:.0}%) | {:.0} |",
             r.model,
             r.quant,
@@ -292,17 +291,18 @@ fn print_table(before: &Machine, after: &Machine, rows: &[Row]) {
         );
     }
     if let (Some(r), Some(rss)) = (rows.first(), machine::peak_rss_bytes()) {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "pp = {} prompt tokens in one batch; tg = {} decode steps from an empty cache (all logits); ctx {}, KV {}; medians ± half-range over repeats",
             r.m.prompt_tokens, r.m.gen_tokens, r.m.ctx, r.m.kv
         );
-        println!(
+        outln!(
             "weights streamed per token: {:.1} MiB; peak RSS: {:.1} MiB",
             mib(r.weight_bytes),
             mib(rss)
         );
     }
+    Ok(())
 }
 
 fn json_str(s: &str) -> String {
@@ -323,7 +323,7 @@ fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("null".to_string(), |v| v.to_string())
 }
 
-fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
+fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
     let results: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -357,7 +357,7 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
             )
         })
         .collect();
-    println!(
+    outln!(
         "{{\"machine\":{{\"cpu\":{},\"cores\":{},\"kernels\":{},\"features\":[{}],\"board\":{},\"temperature_c_before\":{},\"temperature_c_after\":{},\"throttled_after\":{}}},\"peak_rss_bytes\":{},\"results\":[{}]}}",
         json_str(&before.cpu),
         before.cores,
@@ -370,12 +370,13 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
         json_opt(machine::peak_rss_bytes()),
         results.join(",")
     );
+    Ok(())
 }
 
-fn print_csv(rows: &[Row]) {
-    println!("model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct");
+fn print_csv(rows: &[Row]) -> Result<()> {
+    outln!("model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct");
     for r in rows {
-        println!(
+        outln!(
             "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2}",
             r.model.replace(',', " "),
             r.quant,
@@ -395,4 +396,5 @@ fn print_csv(rows: &[Row]) {
             r.roofline_pct(),
         );
     }
+    Ok(())
 }

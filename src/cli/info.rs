@@ -56,19 +56,19 @@ pub fn run(args: Args) -> Result<()> {
     let file = ModelFile::open(&args.model)?;
     let model = Model::load(&file, false)?;
     let hp = &model.hparams;
-    println!(
+    outln!(
         "file:        {} ({:.1} MiB)",
         args.model.display(),
         mib(file.bytes().len())
     );
     for (k, v) in &model.metadata {
-        println!("{:<12} {v}", format!("{k}:"));
+        outln!("{:<12} {v}", format!("{k}:"));
     }
     let act = match hp.activation {
         Activation::GeluTanh => "gelu (tanh)",
         Activation::GeluErf => "gelu (erf)",
     };
-    println!(
+    outln!(
         "model:       {} layers, {} wide, {} heads of {}, MLP {}, vocab {}, context {}, {act}, eps {}",
         hp.n_layer, hp.n_embd, hp.n_head, hp.head_dim(), hp.n_inner, hp.n_vocab, hp.n_ctx, hp.layer_norm_eps
     );
@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         e.2 += t.len;
     }
     for (dtype, (n, params, bytes)) in &by_dtype {
-        println!(
+        outln!(
             "tensors:     {n:>3} {dtype:<4} {params:>12} weights {:>9.1} MiB ({:.2} bits/weight)",
             mib(*bytes as usize),
             *bytes as f64 * 8.0 / *params as f64
@@ -93,11 +93,11 @@ pub fn run(args: Args) -> Result<()> {
         .fold((0u64, 0u64), |(w, b), t| {
             (w + t.shape.iter().product::<u64>(), b + t.len)
         });
-    println!(
+    outln!(
         "matrices:    {:.3} bits/weight over {matrix_weights} weights (scales included; position embedding excluded)",
         matrix_bytes as f64 * 8.0 / matrix_weights.max(1) as f64
     );
-    println!(
+    outln!(
         "per token:   {:.1} MiB of weights read",
         mib(model.weight_bytes_per_token())
     );
@@ -107,7 +107,7 @@ pub fn run(args: Args) -> Result<()> {
         memory: plan,
     } = session::plan(hp, weights, args.ctx, args.kv, args.mem_limit)?;
     let ctx = config.ctx;
-    println!(
+    outln!(
         "memory:      at ctx {ctx}, KV cache {}{}",
         args.kv,
         args.mem_limit.map_or(String::new(), |l| format!(
@@ -115,13 +115,13 @@ pub fn run(args: Args) -> Result<()> {
             mib(l)
         ))
     );
-    println!(
+    outln!(
         "  weights    {:>9.1} MiB (mapped read-only, shared)",
         mib(plan.weights)
     );
-    println!("  KV cache   {:>9.1} MiB", mib(plan.kv_cache));
-    println!("  scratch    {:>9.1} MiB", mib(plan.scratch));
-    println!("  total      {:>9.1} MiB", mib(plan.total()));
+    outln!("  KV cache   {:>9.1} MiB", mib(plan.kv_cache));
+    outln!("  scratch    {:>9.1} MiB", mib(plan.scratch));
+    outln!("  total      {:>9.1} MiB", mib(plan.total()));
     Ok(())
 }
 

@@ -227,7 +227,7 @@ impl Sink<'_> {
     }
 
     fn finish(mut self) -> Result<()> {
-        let io = |e| Error::io("<stdout>", e);
+        let io = |e| Error::io(super::STDOUT, e);
         if let Some(e) = self.error.take() {
             return Err(io(e));
         }
