@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use gpt2q::generate::{
-    generate_with_policy, reserve_len, ContextPolicy, StopReason, StopRules, StopText,
+    reserve_len, ContextPolicy, Event, GenerationStats, Generator, StopReason, StopRules, StopText,
 };
 use gpt2q::model::Model;
 use gpt2q::sampler::Sampler;
@@ -173,7 +173,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // Generate on a worker of the thread pool: called from outside it, every parallel matrix
     // product would inject a job into rayon's queue, which allocates (a block per 63 jobs).
-    let stats = rayon::scope(|_| stream(&model, &mut session, &mut sampler, job))?;
+    let stats = rayon::scope(|_| stream(&mut session, &mut sampler, job))?;
     if !args.quiet {
         report(&stats);
     }
@@ -241,11 +241,10 @@ impl Sink<'_> {
 /// Generates, writing the prompt and then each token's text to stdout as soon as it is complete
 /// UTF-8 (and not possibly the start of the stop string).
 fn stream(
-    model: &Model<'_>,
     session: &mut Session<'_>,
     sampler: &mut Sampler,
     mut job: Job<'_>,
-) -> Result<gpt2q::generate::GenerationStats> {
+) -> Result<GenerationStats> {
     let mut sink = Sink {
         out: std::io::stdout().lock(),
         utf8: Utf8Stream::new(),
@@ -253,42 +252,23 @@ fn stream(
     };
     sink.write(job.echo.as_bytes());
     let mut history = Vec::with_capacity(reserve_len(job.ids.len(), job.rules.max_new_tokens));
-    let mut stopped = false;
-    let eos = job.rules.stop_token;
-    let mut stats = generate_with_policy(
-        session,
-        sampler,
-        job.ids,
-        job.rules,
-        job.policy,
-        &mut history,
-        |token| {
-            if Some(token) == eos {
-                return ControlFlow::Continue(());
+    history.extend_from_slice(job.ids);
+    let mut generator = Generator::new(session, sampler, history, job.policy);
+    let stats = generator.generate(job.rules, job.stop.as_mut(), |event| match event {
+        Event::Text(bytes) => {
+            sink.write(bytes);
+            match sink.error {
+                Some(_) => ControlFlow::Break(()),
+                None => ControlFlow::Continue(()),
             }
-            let bytes = model.tokenizer.token_bytes(token).unwrap_or(&[]);
-            match &mut job.stop {
-                Some(stop) => stopped = stop.push(bytes, |b| sink.write(b)),
-                None => sink.write(bytes),
-            }
-            if stopped || sink.error.is_some() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        },
-    )?;
-    if let Some(stop) = &mut job.stop {
-        stop.finish(|b| sink.write(b));
-    }
-    if stopped {
-        stats.stop = StopReason::StopString;
-    }
+        }
+        Event::Token(_) => ControlFlow::Continue(()),
+    })?;
     sink.finish()?;
     Ok(stats)
 }
 
-fn report(stats: &gpt2q::generate::GenerationStats) {
+fn report(stats: &GenerationStats) {
     let why = match stats.stop {
         StopReason::Length => "length limit",
         StopReason::EndOfText => "<|endoftext|>",
