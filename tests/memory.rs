@@ -72,8 +72,8 @@ fn check_kv_accuracy(ppl: &[(KvType, f64)]) {
 
 #[test]
 fn kv_types_keep_perplexity_close_to_f32() {
-    // 4 windows here (1 under emulation); the full measurement (16,384 tokens) is the
-    // ignored test below.
+    // 4 windows here (1 under emulation); the full measurement (16,384 tokens) is the ignored
+    // test below.
     let tokens = if common::emulated() { 256 } else { 1024 };
     check_kv_accuracy(&kv_perplexities(tokens));
 }

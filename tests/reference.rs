@@ -261,7 +261,7 @@ fn kl_against_f32(quant: Quant, windows: usize) -> (f64, f64) {
     (cmp.kl_mean(), cmp.top1_agreement())
 }
 
-/// The quality bars (64 windows: q8 ≤ 0.00003, q4 ≤ 0.0006 with ≥ 97.5% top-1, q4-pure
+/// The quality bars the formats were accepted against (64 windows: q8 ≤ 0.00003, q4 ≤ 0.0006 with ≥ 97.5% top-1, q4-pure
 /// ≤ 0.0012), checked on 8 windows with margins so noise cannot flake.
 #[test]
 fn quantised_models_stay_close_to_f32() {
