@@ -177,14 +177,16 @@ pub fn generate_with_policy(
     stats
 }
 
-/// What the generation loop reports to its caller, in order, for each sampled token.
+/// What the generation loop reports to its caller, in order, for each sampled token: the token,
+/// then (unless it is the stop token) its text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A token was sampled and appended to the history (the stop token included).
     Token(u32),
-    /// Output text now final: the token's bytes (none for the stop token), less any tail that
-    /// could begin the stop string, plus bytes held back earlier and now known not to. May be
-    /// empty; not necessarily whole UTF-8 characters (see [`crate::tokenizer::Utf8Stream`]).
+    /// Output text now final: the token's bytes, less any tail that could begin the stop
+    /// string, after bytes held back earlier and now known not to; at the end, the bytes still
+    /// held. May be empty; not necessarily whole UTF-8 characters (see
+    /// [`crate::tokenizer::Utf8Stream`]).
     Text(&'a [u8]),
 }
 

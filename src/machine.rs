@@ -94,6 +94,8 @@ pub fn cpu_model() -> Option<String> {
 
 /// The SIMD features relevant to the kernels that this CPU reports.
 pub fn cpu_features() -> Vec<&'static str> {
+    // Not mutated on targets with nothing to detect (armv7 without NEON).
+    #[allow(unused_mut)]
     let mut found = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
