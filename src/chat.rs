@@ -95,7 +95,8 @@ pub struct TurnStats {
     pub generated_tokens: usize,
     /// Context shifts made during the turn.
     pub context_shifts: usize,
-    /// Tokens re-run because of those shifts.
+    /// Tokens run by those shifts (as
+    /// [`crate::generate::GenerationStats::reprocessed_tokens`] counts them).
     pub reprocessed_tokens: usize,
     /// Why the reply ended.
     pub stop: StopReason,

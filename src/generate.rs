@@ -83,8 +83,8 @@ pub struct GenerationStats {
     pub decode_time: Duration,
     /// Context shifts made ([`ContextPolicy::Shift`]).
     pub context_shifts: usize,
-    /// Tokens re-run through the model by context shifts: those kept in the context after the
-    /// dropped ones (not the new tokens that needed the room, which run anyway).
+    /// Tokens run by context shifts' prefills: the survivors, re-run at their new positions,
+    /// and the new tokens that needed the room.
     pub reprocessed_tokens: usize,
     /// Why it stopped.
     pub stop: StopReason,
@@ -412,7 +412,7 @@ impl<'s, 'm> Generator<'s, 'm> {
         self.session.truncate(keep);
         self.session.prefill(&self.history[keep + self.dropped..])?;
         *shifts += 1;
-        *reprocessed += pos - keep - discard;
+        *reprocessed += pos - keep - discard + n;
         Ok(true)
     }
 
