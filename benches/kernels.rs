@@ -4,10 +4,9 @@
 //! per iteration divided by the time. The `tile` group times the tile kernels alone.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gpt2q::format::DType;
 use gpt2q::kernels::{self, MatmulScratch, Ops};
 use gpt2q::mmap::{self, ModelFile};
-use gpt2q::quant::encode_tensor;
+use gpt2q::quant::{encode_tensor, DType};
 use gpt2q::tensor::{Matrix, Weights};
 
 fn random(n: usize, seed: u32) -> Vec<f32> {

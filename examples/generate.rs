@@ -10,8 +10,9 @@ use std::path::PathBuf;
 
 use gpt2q::generate::{generate, StopRules};
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
+use gpt2q::model::Model;
 use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::session::Session;
 use gpt2q::tokenizer::Utf8Stream;
 
 fn main() -> gpt2q::Result<()> {

@@ -5,10 +5,9 @@
 
 use std::time::Instant;
 
-use gpt2q::format::DType;
 use gpt2q::kernels::{self, MatmulScratch};
 use gpt2q::mmap::{self, ModelFile};
-use gpt2q::quant::encode_tensor;
+use gpt2q::quant::{encode_tensor, DType};
 use gpt2q::tensor::{Matrix, Weights};
 
 fn random(n: usize, seed: u32) -> Vec<f32> {

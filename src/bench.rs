@@ -1,6 +1,6 @@
-//! Measuring speed the way llama-bench does, plus what a board owner needs to trust the numbers:
-//! the machine, the kernel path, memory bandwidth (the roofline for decode), peak memory, and on
-//! a Raspberry Pi its board model, temperature and throttling.
+//! Measuring speed the way llama-bench does: prefill and decode tokens per second, per-step
+//! latencies, and the memory bandwidth that bounds decode (the roofline). What the machine is and
+//! how it is doing (CPU, board, temperature, throttling, peak memory) is [`crate::machine`]'s.
 //!
 //! This module measures and returns numbers; `gpt2q bench` (in `src/cli/`) formats them.
 
@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::kv_cache::KvType;
-use crate::model::{Model, Session, SessionConfig};
+use crate::machine;
+use crate::model::Model;
+use crate::session::{Session, SessionConfig};
 
 /// What one benchmark configuration measured.
 #[derive(Clone, Debug)]
@@ -189,94 +191,8 @@ fn sum_words(w: &[u64]) -> u64 {
 /// The size of buffer to use for [`memory_bandwidth`]: 256 MiB, or an eighth of the machine's
 /// memory if that is less (a 512 MB Pi Zero 2 W), never under 32 MiB.
 pub fn bandwidth_buffer_bytes() -> usize {
-    let total = read_meminfo_kib("MemTotal:").unwrap_or(4 << 20) * 1024;
+    let total = machine::memory_bytes().unwrap_or(4 << 30);
     (total / 8).clamp(32 << 20, 256 << 20)
-}
-
-fn read_meminfo_kib(key: &str) -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_kib(&text, key)
-}
-
-fn parse_kib(text: &str, key: &str) -> Option<usize> {
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].split_whitespace().next()?.parse().ok()
-}
-
-/// This process's peak resident memory in bytes (Linux `VmHWM`), if the OS tells.
-pub fn peak_rss_bytes() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_kib(&text, "VmHWM:").map(|k| k * 1024)
-}
-
-/// The machine's physical memory in bytes (Linux `MemTotal`), if the OS tells.
-pub fn machine_memory_bytes() -> Option<usize> {
-    read_meminfo_kib("MemTotal:").map(|k| k.saturating_mul(1024))
-}
-
-/// Resets the peak-RSS counter (Linux 4.0+), so a measurement after this excludes earlier
-/// allocations such as the bandwidth buffer. Returns whether the OS allowed it.
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// What the bench can tell about the machine.
-#[derive(Clone, Debug, Default)]
-pub struct Machine {
-    /// CPU model name.
-    pub cpu: String,
-    /// Logical cores.
-    pub cores: usize,
-    /// Raspberry Pi (or other device-tree) board model, if any.
-    pub board: Option<String>,
-    /// SoC temperature in °C, if readable.
-    pub temperature_c: Option<f64>,
-    /// `vcgencmd get_throttled` bits, if the tool exists (Raspberry Pi OS).
-    pub throttled: Option<u32>,
-}
-
-impl Machine {
-    /// Reads the machine's description now (temperature and throttling change; read again
-    /// after a run to compare).
-    pub fn probe() -> Self {
-        Machine {
-            cpu: cpu_model().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            board: std::fs::read_to_string("/proc/device-tree/model")
-                .ok()
-                .map(|s| s.trim_end_matches('\0').trim().to_string()),
-            temperature_c: std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp")
-                .ok()
-                .and_then(|s| s.trim().parse::<f64>().ok())
-                .map(|m| m / 1000.0),
-            throttled: throttled_bits(),
-        }
-    }
-}
-
-fn cpu_model() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let value = |key: &str| {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    value("model name")
-        .or_else(|| value("Model"))
-        .or_else(|| value("CPU part").map(|p| format!("ARM CPU part {p}")))
-}
-
-/// Bits of `vcgencmd get_throttled` (`throttled=0x50000`): bit 2 = throttled now, bit 18 =
-/// throttled since boot, bits 0/16 under-voltage.
-fn throttled_bits() -> Option<u32> {
-    let out = std::process::Command::new("vcgencmd")
-        .arg("get_throttled")
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text.trim().strip_prefix("throttled=0x")?;
-    u32::from_str_radix(hex, 16).ok()
 }
 
 #[cfg(test)]
@@ -290,14 +206,6 @@ mod tests {
         assert_eq!(percentile(&v, 0.0), 1.0);
         assert_eq!(percentile(&v, 100.0), 4.0);
         assert_eq!(median(&[]), 0.0);
-    }
-
-    #[test]
-    fn meminfo_lines_parse() {
-        let text = "MemTotal:       24000000 kB\nVmHWM:\t  123 kB\n";
-        assert_eq!(parse_kib(text, "MemTotal:"), Some(24_000_000));
-        assert_eq!(parse_kib(text, "VmHWM:"), Some(123));
-        assert_eq!(parse_kib(text, "Nope:"), None);
     }
 
     #[test]

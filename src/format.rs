@@ -21,6 +21,10 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 
 use crate::error::{Error, Result};
 
+/// Tensors' element types are the quantisation module's; re-exported here because the tensor
+/// table stores them (by [`DType::code`]).
+pub use crate::quant::DType;
+
 #[cfg(target_endian = "big")]
 compile_error!(
     "gpt2q reads tensors in place from little-endian files and needs a little-endian CPU"
@@ -40,69 +44,6 @@ pub const MAX_TENSORS: u32 = 4096;
 pub const MAX_METADATA: u32 = 256;
 /// Upper bound on a tensor's rank.
 pub const MAX_DIMS: u32 = 4;
-
-/// Element type of a stored tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DType {
-    /// IEEE-754 binary32.
-    F32,
-    /// IEEE-754 binary16.
-    F16,
-    /// Blocks of 32 int8 with an f16 scale ([`crate::quant::BlockQ8`]).
-    Q8,
-    /// Blocks of 32 4-bit values with an f16 scale ([`crate::quant::BlockQ4`]).
-    Q4,
-}
-
-impl DType {
-    /// The code stored in the tensor table.
-    pub fn code(self) -> u32 {
-        match self {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            DType::Q8 => 2,
-            DType::Q4 => 3,
-        }
-    }
-
-    /// The dtype with table code `code`, if any.
-    pub fn from_code(code: u32) -> Option<Self> {
-        [DType::F32, DType::F16, DType::Q8, DType::Q4]
-            .into_iter()
-            .find(|d| d.code() == code)
-    }
-
-    /// Lower-case name as used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::Q8 => "q8",
-            DType::Q4 => "q4",
-        }
-    }
-
-    /// Bytes needed for a row of `n` elements, or `None` if `n` cannot be stored in this dtype
-    /// (a quantised row must be a whole number of blocks) or the size overflows.
-    pub fn row_bytes(self, n: u64) -> Option<u64> {
-        let qk = crate::quant::QK as u64;
-        match self {
-            DType::F32 => n.checked_mul(4),
-            DType::F16 => n.checked_mul(2),
-            DType::Q8 if n % qk == 0 => (n / qk).checked_mul(34),
-            DType::Q4 if n % qk == 0 => (n / qk).checked_mul(18),
-            DType::Q8 | DType::Q4 => None,
-        }
-    }
-
-    /// Bytes needed for a tensor of `shape` (rows are the last dimension), or `None` as in
-    /// [`DType::row_bytes`].
-    pub fn tensor_bytes(self, shape: &[u64]) -> Option<u64> {
-        let (last, outer) = shape.split_last()?;
-        let rows = outer.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
-        self.row_bytes(*last)?.checked_mul(rows)
-    }
-}
 
 /// The activation function of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -987,12 +928,5 @@ mod tests {
         bytes[8] = 2;
         let err = Layout::parse(&bytes).unwrap_err().to_string();
         assert!(err.contains("version 2"), "{err}");
-    }
-
-    #[test]
-    fn quantised_rows_must_be_whole_blocks() {
-        assert_eq!(DType::Q8.tensor_bytes(&[2, 33]), None);
-        assert_eq!(DType::Q4.tensor_bytes(&[3, 64]), Some(3 * 2 * 18));
-        assert_eq!(DType::F16.tensor_bytes(&[u64::MAX, 4]), None);
     }
 }

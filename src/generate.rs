@@ -1,6 +1,9 @@
-//! The generation loop: prompt tokens in, sampled tokens out, one callback per token.
+//! The generation loop: prompt tokens in, sampled tokens and their text out, one callback per
+//! token. [`Generator`] is the one loop; [`generate`] and [`generate_with_policy`] run it once
+//! over a prompt, and [`crate::chat`] runs it turn after turn.
 //!
-//! It owns the order of steps (prefill, sample, feed back, stop conditions), what happens when the
+//! It owns the order of steps (prefill, sample, feed back, stop conditions), stop strings
+//! ([`StopText`], held back until they cannot be the start of one), what happens when the
 //! session's context fills ([`ContextPolicy`]) and the statistics of a run. It allocates nothing
 //! per token, context shifts included. It does not print: callers stream the text (see
 //! [`crate::tokenizer::Utf8Stream`]).
@@ -9,8 +12,9 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::model::Session;
+use crate::model::Model;
 use crate::sampler::Sampler;
+use crate::session::Session;
 
 /// When generation stops.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +83,8 @@ pub struct GenerationStats {
     pub decode_time: Duration,
     /// Context shifts made ([`ContextPolicy::Shift`]).
     pub context_shifts: usize,
-    /// Tokens re-run through the model by context shifts.
+    /// Tokens run by context shifts' prefills: the survivors, re-run at their new positions,
+    /// and the new tokens that needed the room.
     pub reprocessed_tokens: usize,
     /// Why it stopped.
     pub stop: StopReason,
@@ -158,63 +163,274 @@ pub fn generate_with_policy(
             session.capacity()
         )));
     }
-    // The cache holds history[..keep] at positions 0..keep, then history[tail..] after them.
-    let keep = match policy {
-        ContextPolicy::Stop => 0,
-        ContextPolicy::Shift { keep } => keep.min(session.capacity()),
-    };
-    let mut tail = keep;
-    session.reset();
-    history.clear();
-    history.reserve(reserve_len(prompt.len(), rules.max_new_tokens));
-    history.extend_from_slice(prompt);
-    let start = Instant::now();
-    let mut stats = GenerationStats {
-        prompt_tokens: prompt.len(),
-        generated_tokens: 0,
-        prefill_time: Duration::ZERO,
-        decode_time: Duration::ZERO,
-        context_shifts: 0,
-        reprocessed_tokens: 0,
-        stop: StopReason::Length,
-    };
-    session.prefill(prompt)?;
-    stats.prefill_time = start.elapsed();
-    let decode_start = Instant::now();
-    while stats.generated_tokens < rules.max_new_tokens {
-        let token = sampler.sample(session.logits_mut(), history)?;
-        stats.generated_tokens += 1;
-        history.push(token);
-        if on_token(token).is_break() {
-            stats.stop = StopReason::Callback;
-            break;
+    // Moving the caller's vector in and out keeps its buffer (and allocates nothing).
+    let mut tokens = std::mem::take(history);
+    tokens.clear();
+    tokens.reserve(reserve_len(prompt.len(), rules.max_new_tokens));
+    tokens.extend_from_slice(prompt);
+    let mut generator = Generator::new(session, sampler, tokens, policy);
+    let stats = generator.generate(rules, None, |event| match event {
+        Event::Token(token) => on_token(token),
+        Event::Text(_) => ControlFlow::Continue(()),
+    });
+    *history = generator.into_history();
+    stats
+}
+
+/// What the generation loop reports to its caller, in order, for each sampled token: the token,
+/// then (unless it is the stop token) its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A token was sampled and appended to the history (the stop token included).
+    Token(u32),
+    /// Output text now final: the token's bytes, less any tail that could begin the stop
+    /// string, after bytes held back earlier and now known not to; at the end, the bytes still
+    /// held. May be empty; not necessarily whole UTF-8 characters (see
+    /// [`crate::tokenizer::Utf8Stream`]).
+    Text(&'a [u8]),
+}
+
+/// The generation loop over one session, shared by every way of generating (`gpt2q run`, chat
+/// turns, [`generate`]): it owns the token history, runs pending tokens, samples, applies the
+/// stop rules and stop string, and shifts the context when it fills.
+///
+/// The session's KV cache holds the *context*: `history[..keep]` followed by
+/// `history[keep + dropped..]` up to the session's position; the tokens after that position are
+/// pending (appended, not yet run). Context shifts drop the oldest tokens after the first `keep`
+/// from the context but not from the history, so the repetition penalty still reads them.
+/// Nothing is allocated per token, context shifts included, as long as the history has room
+/// (see [`Generator::reserve`]).
+pub struct Generator<'s, 'm> {
+    session: &'s mut Session<'m>,
+    sampler: &'s mut Sampler,
+    history: Vec<u32>,
+    policy: ContextPolicy,
+    /// Tokens at the start never dropped (the policy's `keep`, clamped to the context size).
+    keep: usize,
+    /// Tokens after `keep` dropped from the context by shifts.
+    dropped: usize,
+}
+
+impl<'s, 'm> Generator<'s, 'm> {
+    /// Starts over: resets `session`; every token of `history` is pending (run by the next
+    /// [`Generator::feed`] or [`Generator::generate`]).
+    pub fn new(
+        session: &'s mut Session<'m>,
+        sampler: &'s mut Sampler,
+        history: Vec<u32>,
+        policy: ContextPolicy,
+    ) -> Self {
+        session.reset();
+        let keep = match policy {
+            ContextPolicy::Stop => 0,
+            ContextPolicy::Shift { keep } => keep.min(session.capacity()),
+        };
+        Generator {
+            session,
+            sampler,
+            history,
+            policy,
+            keep,
+            dropped: 0,
         }
-        if Some(token) == rules.stop_token {
-            stats.stop = StopReason::EndOfText;
-            break;
-        }
-        if stats.generated_tokens == rules.max_new_tokens {
-            break;
-        }
-        if session.pos() < session.capacity() {
-            session.forward(token)?;
-            continue;
-        }
-        let discard = (session.pos() - keep) / 2;
-        if policy == ContextPolicy::Stop || discard == 0 {
-            stats.stop = StopReason::ContextFull;
-            break;
-        }
-        // Drop history[tail..tail + discard] from the context; re-run the survivors and the
-        // new token at positions keep.. (their embeddings depend on the position).
-        tail += discard;
-        session.truncate(keep);
-        session.prefill(&history[tail..])?;
-        stats.context_shifts += 1;
-        stats.reprocessed_tokens += history.len() - tail;
     }
-    stats.decode_time = decode_start.elapsed();
-    Ok(stats)
+
+    /// Every token so far: prompts, sampled tokens, and those shifted out of the context.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// The history, giving the generator up.
+    pub fn into_history(self) -> Vec<u32> {
+        self.history
+    }
+
+    /// Tokens at the start that context shifts never drop.
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+
+    /// The model the session runs.
+    pub fn model(&self) -> &'m Model<'m> {
+        self.session.model()
+    }
+
+    /// Positions held by the session's KV cache.
+    pub fn position(&self) -> usize {
+        self.session.pos()
+    }
+
+    /// Tokens appended but not yet run.
+    pub fn pending(&self) -> usize {
+        self.history.len() - self.dropped - self.session.pos()
+    }
+
+    /// Makes room in the history for `additional` more tokens, so that appending them (and
+    /// sampling them) allocates nothing.
+    pub fn reserve(&mut self, additional: usize) {
+        self.history.reserve(additional);
+    }
+
+    /// Appends `tokens` to run before the next sample (with the next [`Generator::feed`] or
+    /// [`Generator::generate`]).
+    pub fn append(&mut self, tokens: &[u32]) {
+        self.history.extend_from_slice(tokens);
+    }
+
+    /// Appends `tokens` and runs every pending token, shifting the context if they do not fit.
+    /// Returns the number of context shifts made and the tokens they re-ran. If the tokens
+    /// cannot fit even after dropping everything that may be dropped, nothing is run and the
+    /// history is left as it was.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<(usize, usize)> {
+        let len = self.history.len();
+        self.history.extend_from_slice(tokens);
+        let (mut shifts, mut reprocessed) = (0, 0);
+        match self.run_pending(&mut shifts, &mut reprocessed) {
+            Ok(true) => Ok((shifts, reprocessed)),
+            Ok(false) => {
+                let error = self.no_room_error();
+                self.history.truncate(len);
+                Err(error)
+            }
+            Err(e) => {
+                self.history.truncate(len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the pending tokens (timed as the prefill), then samples up to
+    /// `rules.max_new_tokens` tokens, reporting each to `on_event` ([`Event::Token`], then
+    /// [`Event::Text`] unless it is the stop token). Generation ends when the limit is reached,
+    /// the stop token is sampled, `stop` (if given) appears in the output (it and anything after
+    /// it are never reported), `on_event` returns `Break`, or the context is full and the policy
+    /// cannot make room. The last sampled token is left pending. Text held back as a possible
+    /// start of `stop` is reported at the end, unless `on_event` asked to stop.
+    pub fn generate(
+        &mut self,
+        rules: StopRules,
+        mut stop: Option<&mut StopText>,
+        mut on_event: impl FnMut(Event<'_>) -> ControlFlow<()>,
+    ) -> Result<GenerationStats> {
+        let mut stats = GenerationStats {
+            prompt_tokens: self.pending(),
+            generated_tokens: 0,
+            prefill_time: Duration::ZERO,
+            decode_time: Duration::ZERO,
+            context_shifts: 0,
+            reprocessed_tokens: 0,
+            stop: StopReason::Length,
+        };
+        if stats.prompt_tokens == 0 && self.session.pos() == 0 {
+            return Err(Error::invalid("the prompt has no tokens"));
+        }
+        let start = Instant::now();
+        if !self.run_pending(&mut stats.context_shifts, &mut stats.reprocessed_tokens)? {
+            return Err(self.no_room_error());
+        }
+        stats.prefill_time = start.elapsed();
+        let decode_start = Instant::now();
+        let model = self.session.model();
+        while stats.generated_tokens < rules.max_new_tokens {
+            let token = self
+                .sampler
+                .sample(self.session.logits_mut(), &self.history)?;
+            stats.generated_tokens += 1;
+            self.history.push(token);
+            if on_event(Event::Token(token)).is_break() {
+                stats.stop = StopReason::Callback;
+                break;
+            }
+            if Some(token) == rules.stop_token {
+                stats.stop = StopReason::EndOfText;
+                break;
+            }
+            let bytes = model.tokenizer.token_bytes(token).unwrap_or(&[]);
+            let mut flow = ControlFlow::Continue(());
+            let mut emit = |b: &[u8]| {
+                if flow.is_continue() {
+                    flow = on_event(Event::Text(b));
+                }
+            };
+            let stopped = match stop.as_deref_mut() {
+                Some(stop) => stop.push(bytes, &mut emit),
+                None => {
+                    emit(bytes);
+                    false
+                }
+            };
+            if stopped {
+                stats.stop = StopReason::StopString;
+                break;
+            }
+            if flow.is_break() {
+                stats.stop = StopReason::Callback;
+                break;
+            }
+            if stats.generated_tokens == rules.max_new_tokens {
+                break;
+            }
+            if !self.run_pending(&mut stats.context_shifts, &mut stats.reprocessed_tokens)? {
+                stats.stop = StopReason::ContextFull;
+                break;
+            }
+        }
+        if let Some(stop) = stop {
+            match stats.stop {
+                StopReason::Callback => stop.clear(),
+                _ => stop.finish(|b| {
+                    let _ = on_event(Event::Text(b));
+                }),
+            }
+        }
+        stats.decode_time = decode_start.elapsed();
+        Ok(stats)
+    }
+
+    /// Runs the pending tokens, first dropping the oldest tokens after the kept ones if they
+    /// would not fit: half of those in the cache, or more if the pending tokens need it.
+    /// Returns false, running nothing, when the policy or the context size leaves no room.
+    fn run_pending(&mut self, shifts: &mut usize, reprocessed: &mut usize) -> Result<bool> {
+        let n = self.pending();
+        let (pos, capacity) = (self.session.pos(), self.session.capacity());
+        if n == 0 {
+            return Ok(true);
+        }
+        if pos + n <= capacity {
+            // Before any shift `dropped` is 0; after one, `pos` is past the kept tokens.
+            self.session.prefill(&self.history[self.dropped + pos..])?;
+            return Ok(true);
+        }
+        let keep = self.keep;
+        // A shift needs the kept tokens in the cache, room for the pending ones after them, and
+        // (with one token pending) at least one token to drop besides it.
+        if self.policy == ContextPolicy::Stop || pos < keep || capacity - keep < 2.max(n) {
+            return Ok(false);
+        }
+        let discard = ((pos - keep) / 2).max(pos + n - capacity);
+        self.dropped += discard;
+        self.session.truncate(keep);
+        self.session.prefill(&self.history[keep + self.dropped..])?;
+        *shifts += 1;
+        *reprocessed += pos - keep - discard + n;
+        Ok(true)
+    }
+
+    fn no_room_error(&self) -> Error {
+        let (n, capacity) = (self.pending(), self.session.capacity());
+        match self.policy {
+            ContextPolicy::Stop => Error::invalid(format!(
+                "{n} more tokens do not fit in the context of {capacity} ({} in use)",
+                self.session.pos()
+            )),
+            ContextPolicy::Shift { .. } => Error::invalid(format!(
+                "{n} new tokens do not fit: the context of {capacity} has room for {} after \
+                 the {} kept tokens",
+                capacity.saturating_sub(self.keep),
+                self.keep
+            )),
+        }
+    }
 }
 
 /// Watches streamed output for a stop string (e.g. `"\n"`), holding back bytes that could be the
@@ -264,6 +480,11 @@ impl StopText {
     /// Hands back the held bytes (the output ended without the stop string) and empties the buffer.
     pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
         emit(&self.pending);
+        self.pending.clear();
+    }
+
+    /// Forgets the held bytes (the output was abandoned).
+    pub fn clear(&mut self) {
         self.pending.clear();
     }
 }

@@ -1,10 +1,11 @@
 //! gpt2q: a small, fast GPT-2 runtime for Raspberry Pi class boards.
 //!
 //! The data path, one module per step:
-//! file ([`format`]) → mmap ([`mmap`]) → [`model::Model`] (borrowed tensors, [`tensor`]) →
-//! [`model::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
+//! file ([`format`](mod@format)) → mmap ([`mmap`]) → [`model::Model`] (borrowed tensors, [`tensor`]) →
+//! [`session::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
 //! tokens → text ([`tokenizer`]). On top: the generation loop ([`generate`]), multi-turn chat
-//! ([`chat`]) and zero-shot task prompts ([`task`]). Block formats for quantised weights live in [`quant`].
+//! ([`chat`]) and zero-shot task prompts ([`task`]). Block formats for quantised weights live in [`quant`];
+//! probes of the machine (memory, CPU, board) in [`machine`].
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -14,11 +15,13 @@ pub mod format;
 pub mod generate;
 pub mod kernels;
 pub mod kv_cache;
+pub mod machine;
 pub mod mmap;
 pub mod model;
 pub mod perplexity;
 pub mod quant;
 pub mod sampler;
+pub mod session;
 pub mod synthetic;
 pub mod task;
 pub mod tensor;

@@ -13,6 +13,7 @@ use half::f16;
 use memmap2::{Mmap, MmapMut};
 
 use crate::error::{Error, Result};
+use crate::machine;
 use crate::quant::{BlockQ4, BlockQ8};
 
 /// The bytes of a model file, mapped read-only from disk or owned.
@@ -71,7 +72,7 @@ impl ModelFile {
     /// it, so a model larger than free RAM still runs from the page cache; `map` always maps.
     pub fn open_or_load(path: &Path, map: bool) -> Result<Self> {
         let (_, len) = open_regular(path)?;
-        let fits = available_memory_bytes().is_none_or(|avail| len <= avail / 2);
+        let fits = machine::available_memory_bytes().is_none_or(|avail| len <= avail as u64 / 2);
         if map || !fits {
             Self::open(path)
         } else {
@@ -126,14 +127,6 @@ pub fn huge_page_buffer(bytes: usize, fill: u8) -> std::io::Result<MmapMut> {
 pub fn as_u64(bytes: &[u8]) -> Option<&[u64]> {
     // SAFETY: every 64-bit pattern is a valid u64.
     unsafe { cast_slice(bytes) }
-}
-
-/// Memory available for new allocations without swapping (Linux `MemAvailable`), if the OS tells.
-fn available_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib.saturating_mul(1024))
 }
 
 /// Opens `path` for reading after checking that it is a non-empty regular file; returns it and

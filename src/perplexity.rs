@@ -8,7 +8,7 @@
 //! (the sliding-window protocol of the transformers docs).
 
 use crate::error::{Error, Result};
-use crate::model::Session;
+use crate::session::Session;
 
 /// The result of a perplexity run.
 #[derive(Clone, Debug, PartialEq)]

@@ -16,10 +16,71 @@
 
 use half::f16;
 
-use crate::format::DType;
-
 /// Number of weights in one quantisation block.
 pub const QK: usize = 32;
+
+/// Element type of a stored tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE-754 binary32.
+    F32,
+    /// IEEE-754 binary16.
+    F16,
+    /// Blocks of 32 int8 with an f16 scale ([`BlockQ8`]).
+    Q8,
+    /// Blocks of 32 4-bit values with an f16 scale ([`BlockQ4`]).
+    Q4,
+}
+
+impl DType {
+    /// The code stored in the tensor table.
+    pub fn code(self) -> u32 {
+        match self {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::Q8 => 2,
+            DType::Q4 => 3,
+        }
+    }
+
+    /// The dtype with table code `code`, if any.
+    pub fn from_code(code: u32) -> Option<Self> {
+        [DType::F32, DType::F16, DType::Q8, DType::Q4]
+            .into_iter()
+            .find(|d| d.code() == code)
+    }
+
+    /// Lower-case name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Q8 => "q8",
+            DType::Q4 => "q4",
+        }
+    }
+
+    /// Bytes needed for a row of `n` elements, or `None` if `n` cannot be stored in this dtype
+    /// (a quantised row must be a whole number of blocks) or the size overflows.
+    pub fn row_bytes(self, n: u64) -> Option<u64> {
+        let qk = QK as u64;
+        match self {
+            DType::F32 => n.checked_mul(4),
+            DType::F16 => n.checked_mul(2),
+            DType::Q8 if n % qk == 0 => (n / qk).checked_mul(std::mem::size_of::<BlockQ8>() as u64),
+            DType::Q4 if n % qk == 0 => (n / qk).checked_mul(std::mem::size_of::<BlockQ4>() as u64),
+            DType::Q8 | DType::Q4 => None,
+        }
+    }
+
+    /// Bytes needed for a tensor of `shape` (rows are the last dimension), or `None` as in
+    /// [`DType::row_bytes`].
+    pub fn tensor_bytes(self, shape: &[u64]) -> Option<u64> {
+        let (last, outer) = shape.split_last()?;
+        let rows = outer.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
+        self.row_bytes(*last)?.checked_mul(rows)
+    }
+}
 
 /// 32 int8 weights with one f16 scale: `x ≈ d · q`.
 #[repr(C)]
@@ -300,6 +361,13 @@ pub fn encode_tensor_weighted(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantised_rows_must_be_whole_blocks() {
+        assert_eq!(DType::Q8.tensor_bytes(&[2, 33]), None);
+        assert_eq!(DType::Q4.tensor_bytes(&[3, 64]), Some(3 * 2 * 18));
+        assert_eq!(DType::F16.tensor_bytes(&[u64::MAX, 4]), None);
+    }
 
     fn ramp(scale: f32) -> [f32; QK] {
         std::array::from_fn(|i| (i as f32 - 15.5) * scale)

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::format::{Activation, DType, HParams, ModelWriter, TensorSpec};
-use crate::quant::QK;
+use crate::format::{Activation, HParams, ModelWriter, TensorSpec};
+use crate::quant::{DType, QK};
 use crate::tokenizer::{Tokenizer, ENDOFTEXT, ENDOFTEXT_ID};
 
 /// A GPT-2 size by its common name.
@@ -234,8 +234,6 @@ pub fn tiny_hparams() -> HParams {
 /// tests and the fuzzers' seed.
 pub fn tiny_bytes() -> Result<Vec<u8>> {
     let hp = tiny_hparams();
-    let mut section = Vec::new();
-    placeholder_tokenizer(hp.n_vocab)?.write_section(&mut section);
     let matrix_dtype = |name: &str| match name {
         n if n.ends_with("c_attn.weight") => DType::Q4,
         n if n.ends_with("attn.c_proj.weight") => DType::F16,
@@ -252,8 +250,17 @@ pub fn tiny_bytes() -> Result<Vec<u8>> {
             _ => s,
         })
         .collect();
-    let meta = vec![("source".to_string(), "tiny synthetic model".to_string())];
-    let writer = ModelWriter::new(hp, meta, section, specs)?;
+    model_bytes(&hp, specs, "tiny synthetic model")
+}
+
+/// A complete `.g2q` file in memory with hyper-parameters `hp`, the tensors `specs` (as
+/// [`specs`] lists them, dtypes and any split embedding as the caller wants), a placeholder
+/// tokenizer (one token per byte) and random weights, with `source` as its metadata.
+pub fn model_bytes(hp: &HParams, specs: Vec<TensorSpec>, source: &str) -> Result<Vec<u8>> {
+    let mut section = Vec::new();
+    placeholder_tokenizer(hp.n_vocab)?.write_section(&mut section);
+    let meta = vec![("source".to_string(), source.to_string())];
+    let writer = ModelWriter::new(*hp, meta, section, specs)?;
     writer.write_to_vec(|i, entry| {
         let spec = TensorSpec {
             name: entry.name.clone(),
@@ -268,7 +275,8 @@ pub fn tiny_bytes() -> Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::mmap::ModelFile;
-    use crate::model::{Model, Session};
+    use crate::model::Model;
+    use crate::session::Session;
 
     #[test]
     fn synthetic_124m_loads_and_runs() {

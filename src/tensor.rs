@@ -9,8 +9,7 @@
 
 use half::f16;
 
-use crate::format::DType;
-use crate::quant::{BlockQ4, BlockQ8, QK};
+use crate::quant::{BlockQ4, BlockQ8, DType, QK};
 
 /// The element storage of a matrix.
 #[derive(Clone, Copy, Debug)]

@@ -1,21 +1,22 @@
 //! Multi-turn chat: the KV cache is kept between turns (only new tokens are run), replies match
-//! a from-scratch generation, the context shifts when full, and the `gpt2q chat` binary.
+//! a from-scratch generation, the context shifts when full, and the `gpt2q chat` binary; and the
+//! stop-string hold-back of the generation loop that chat and `gpt2q run` share.
 
 mod common;
 
-use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::gpt2q_command;
 
-use gpt2q::chat::{run_chat, Chat, ChatConfig, ChatTemplate, Interrupt};
-use gpt2q::generate::{generate, StopReason, StopRules};
+use gpt2q::chat::{Chat, ChatConfig, ChatTemplate};
+use gpt2q::generate::{generate, ContextPolicy, Event, Generator, StopReason, StopRules, StopText};
 use gpt2q::kv_cache::KvType;
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session, SessionConfig};
+use gpt2q::model::Model;
 use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::session::{Session, SessionConfig};
 
 fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gpt2-q8.g2q")
@@ -127,34 +128,6 @@ fn kept_cache_reply_matches_a_fresh_generation() {
     assert_eq!(got, reply);
 }
 
-fn transcript(seed: u64, lines: &str) -> (String, usize) {
-    let file = ModelFile::open(&default_model()).unwrap();
-    let model = Model::load(&file, false).unwrap();
-    let mut s = session(&model, 128);
-    let mut smp = sampler(&model, seed);
-    let mut chat = Chat::new(&mut s, &mut smp, config("", 8)).unwrap();
-    let mut out = Vec::new();
-    let summary = run_chat(
-        &mut chat,
-        &mut Cursor::new(lines.as_bytes()),
-        &mut out,
-        "> ",
-        &Interrupt::new(),
-    )
-    .unwrap();
-    (String::from_utf8_lossy(&out).into_owned(), summary.turns)
-}
-
-#[test]
-fn same_seed_same_conversation_and_eof_ends_it() {
-    let lines = "Hi there!\n\nWhat is your name?\n";
-    let (a, turns) = transcript(11, lines);
-    assert_eq!(turns, 2, "the blank line is skipped");
-    assert_eq!(a, transcript(11, lines).0);
-    assert!(a.starts_with("> ") && a.ends_with("\n> "), "{a:?}");
-    assert_eq!(transcript(11, "").1, 0);
-}
-
 #[test]
 fn full_context_shifts_and_keeps_the_system_prompt() {
     let file = ModelFile::open(&default_model()).unwrap();
@@ -236,4 +209,84 @@ fn chat_binary_answers_each_piped_line() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("{user}"));
+}
+
+/// The greedy continuation of `prompt`, one byte string per token.
+fn greedy_pieces(model: &Model<'_>, prompt: &[u32], n: usize) -> Vec<Vec<u8>> {
+    let mut s = session(model, 128);
+    let mut greedy = Sampler::new(SamplerConfig::greedy(), model.hparams.n_vocab as usize).unwrap();
+    let rules = StopRules {
+        max_new_tokens: n,
+        stop_token: None,
+    };
+    let mut pieces = Vec::new();
+    generate(&mut s, &mut greedy, prompt, rules, &mut Vec::new(), |t| {
+        pieces.push(model.tokenizer.token_bytes(t).unwrap().to_vec());
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    pieces
+}
+
+#[test]
+fn a_stop_string_split_across_two_tokens_is_never_output() {
+    let file = ModelFile::open(&default_model()).unwrap();
+    let model = Model::load(&file, false).unwrap();
+    let prompt = model.tokenizer.encode("Once upon a time, there was a");
+    let pieces = greedy_pieces(&model, &prompt, 40);
+    let text = pieces.concat();
+    // A stop string from the end of one token and the start of the next whose first occurrence
+    // in the output straddles a token boundary, after some text.
+    let boundaries: Vec<usize> = pieces
+        .iter()
+        .scan(0, |end, p| {
+            *end += p.len();
+            Some(*end)
+        })
+        .collect();
+    let (stop, first) = (0..pieces.len() - 1)
+        .find_map(|i| {
+            let (a, b) = (&pieces[i], &pieces[i + 1]);
+            let stop = [&a[a.len().saturating_sub(2)..], &b[..b.len().min(2)]].concat();
+            let stop = String::from_utf8(stop).ok().filter(|s| s.len() >= 2)?;
+            let first = text
+                .windows(stop.len())
+                .position(|w| w == stop.as_bytes())?;
+            let end = first + stop.len();
+            boundaries
+                .iter()
+                .any(|&b| 0 < first && first < b && b < end)
+                .then_some((stop, first))
+        })
+        .expect("no two adjacent tokens with text");
+
+    let mut s = session(&model, 128);
+    let mut greedy = Sampler::new(SamplerConfig::greedy(), model.hparams.n_vocab as usize).unwrap();
+    let mut generator = Generator::new(&mut s, &mut greedy, prompt, ContextPolicy::default());
+    let mut stop_text = StopText::new(&stop).unwrap();
+    let rules = StopRules {
+        max_new_tokens: 40,
+        stop_token: None,
+    };
+    let mut out = Vec::new();
+    let stats = generator
+        .generate(rules, Some(&mut stop_text), |event| {
+            if let Event::Text(bytes) = event {
+                out.extend_from_slice(bytes);
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(stats.stop, StopReason::StopString, "stop {stop:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&text[..first]),
+        "stop {stop:?}"
+    );
+    // It stopped at the token completing the stop string, not later.
+    let completing = boundaries
+        .iter()
+        .position(|&b| b >= first + stop.len())
+        .unwrap();
+    assert_eq!(stats.generated_tokens, completing + 1);
 }

@@ -480,3 +480,75 @@ fn bench_ctx_and_kv_are_reported() {
     );
     assert_fails(&gpt2q(&["bench", "--kv", "f8"]), 2, "f8");
 }
+
+/// Runs `args` with stdout a pipe whose reader is gone before the command writes anything.
+fn gpt2q_into_closed_pipe(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = gpt2q_command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut pipe = child.stdin.take().unwrap();
+    // The command may end (or stop reading) before taking all of its input.
+    let _ = pipe.write_all(stdin);
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_closed_stdout_is_a_quiet_normal_end_for_every_command() {
+    let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/heldout.txt");
+    let heldout = heldout.to_str().unwrap();
+    let model = "models/tiny-gpt2-q8.g2q";
+    let commands: [(&[&str], &[u8]); 6] = [
+        (&["run", "-p", "Hello", "-n", "64", "--ignore-eos"], b""),
+        (&["tokenize", "Hello, world"], b""),
+        (&["info", model], b""),
+        (&["verify", model], b""),
+        (&["chat", "-n", "8"], b"Hello\nHow are you?\n"),
+        (
+            &[
+                "perplexity",
+                "-f",
+                heldout,
+                "--ctx",
+                "64",
+                "--max-tokens",
+                "128",
+            ],
+            b"",
+        ),
+    ];
+    for (args, stdin) in commands {
+        let o = gpt2q_into_closed_pipe(args, stdin);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            !err.contains("Broken pipe") && !err.contains("error") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn run_stops_quietly_when_its_reader_leaves_midway() {
+    // As `gpt2q run ... | head -c5`: read a little, then close the pipe while it generates.
+    let mut child = gpt2q_command()
+        .args(["run", "-p", "Hello", "-n", "100000", "--ignore-eos", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 5];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(&first, b"Hello");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+}

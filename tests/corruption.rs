@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use gpt2q::format::{Layout, PREAMBLE_LEN};
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
+use gpt2q::model::Model;
 use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::session::Session;
 use gpt2q::synthetic::tiny_bytes;
 use gpt2q::Error;
 

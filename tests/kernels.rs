@@ -1,10 +1,9 @@
 //! The dispatcher picks the kernel path this CPU supports (and the one CI expects when it
 //! emulates a given ARM core), and the chosen path agrees with the scalar twins on a whole matrix.
 
-use gpt2q::format::DType;
 use gpt2q::kernels::{self, KernelPath, MatmulScratch};
 use gpt2q::mmap::{self, ModelFile};
-use gpt2q::quant::encode_tensor;
+use gpt2q::quant::{encode_tensor, DType};
 use gpt2q::tensor::{Matrix, SplitMatrix, Weights};
 
 #[test]

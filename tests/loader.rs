@@ -112,7 +112,8 @@ fn a_missing_file_is_an_io_error() {
 /// The default model rewritten with its embedding's first `k` rows moved to
 /// `wte.frequent.weight` (shape `head_shape`) and the rest left in `wte.weight` (`tail_shape`).
 fn split_embedding(k: usize, head_shape: [u64; 2], tail_shape: [u64; 2]) -> Vec<u8> {
-    use gpt2q::format::{DType, ModelWriter, TensorSpec};
+    use gpt2q::format::{ModelWriter, TensorSpec};
+    use gpt2q::quant::DType;
     let original = bytes();
     let layout = Layout::parse(&original).unwrap();
     let wte = layout.entry("wte.weight").unwrap().clone();
@@ -163,7 +164,7 @@ fn split_embedding(k: usize, head_shape: [u64; 2], tail_shape: [u64; 2]) -> Vec<
 /// of the same rows stored whole; inconsistent shapes are format errors.
 #[test]
 fn a_split_embedding_computes_what_the_whole_one_does() {
-    use gpt2q::model::Session;
+    use gpt2q::session::Session;
     let (v, e, k) = (50257u64, 256u64, 700usize);
     let split = split_embedding(k, [k as u64, e], [v - k as u64, e]);
     let whole = bytes();

@@ -12,9 +12,10 @@ use common::gpt2q_command;
 use gpt2q::generate::{generate_with_policy, ContextPolicy, StopReason, StopRules};
 use gpt2q::kv_cache::KvType;
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{MemoryPlan, Model, Session, SessionConfig};
+use gpt2q::model::Model;
 use gpt2q::perplexity::perplexity;
 use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::session::{MemoryPlan, Session, SessionConfig};
 
 fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gpt2-q8.g2q")
@@ -71,8 +72,8 @@ fn check_kv_accuracy(ppl: &[(KvType, f64)]) {
 
 #[test]
 fn kv_types_keep_perplexity_close_to_f32() {
-    // 4 windows here (1 under emulation); the full measurement (16,384 tokens) is the
-    // ignored test below.
+    // 4 windows here (1 under emulation); the full measurement (16,384 tokens) is the ignored
+    // test below.
     let tokens = if common::emulated() { 256 } else { 1024 };
     check_kv_accuracy(&kv_perplexities(tokens));
 }

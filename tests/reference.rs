@@ -7,9 +7,10 @@ mod common;
 use common::{converted, floats, ids, reference, EMULATED};
 use gpt2q::generate::{generate, StopRules};
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
+use gpt2q::model::Model;
 use gpt2q::perplexity::{compare, perplexity};
 use gpt2q::sampler::{Sampler, SamplerConfig};
+use gpt2q::session::Session;
 use gpt2q_convert::convert::Quant;
 
 /// Max |logit − reference| allowed for the f32 and f16 models (the reference rounds to 6 digits).
@@ -260,7 +261,7 @@ fn kl_against_f32(quant: Quant, windows: usize) -> (f64, f64) {
     (cmp.kl_mean(), cmp.top1_agreement())
 }
 
-/// The quality bars (64 windows: q8 ≤ 0.00003, q4 ≤ 0.0006 with ≥ 97.5% top-1, q4-pure
+/// The quality bars the formats were accepted against (64 windows: q8 ≤ 0.00003, q4 ≤ 0.0006 with ≥ 97.5% top-1, q4-pure
 /// ≤ 0.0012), checked on 8 windows with margins so noise cannot flake.
 #[test]
 fn quantised_models_stay_close_to_f32() {

@@ -4,12 +4,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gpt2q::bench::{self, CacheSpec, Machine, Measurement};
-use gpt2q::format::DType;
+use gpt2q::bench::{self, CacheSpec, Measurement};
 use gpt2q::kernels;
 use gpt2q::kv_cache::KvType;
+use gpt2q::machine::{self, Machine};
 use gpt2q::mmap::ModelFile;
 use gpt2q::model::Model;
+use gpt2q::quant::DType;
 use gpt2q::synthetic::{self, Size};
 use gpt2q::{Error, Result};
 
@@ -86,17 +87,17 @@ pub fn run(args: Args) -> Result<()> {
         )));
     }
     let threads = thread_list(&args.threads)?;
-    let machine = Machine::probe();
+    let before = Machine::probe();
     let membw = bandwidths(&threads)?;
     if args.membw {
         for (t, gbs) in &membw {
-            println!("memory bandwidth (streaming read, {t} threads): {gbs:.1} GB/s");
+            outln!("memory bandwidth (streaming read, {t} threads): {gbs:.1} GB/s");
         }
         return Ok(());
     }
     let files = model_files(&args)?;
     // Peak RSS from here on: the runs, not the bandwidth buffer or building synthetic files.
-    bench::reset_peak_rss();
+    machine::reset_peak_rss();
     let mut rows = Vec::new();
     for (label, path, temp) in files {
         let result = bench_file(&args, &label, &path, &threads, &membw, &mut rows);
@@ -107,11 +108,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     let after = Machine::probe();
     match args.format.as_str() {
-        "json" => print_json(&machine, &after, &rows),
+        "json" => print_json(&before, &after, &rows),
         "csv" => print_csv(&rows),
-        _ => print_table(&machine, &after, &rows),
+        _ => print_table(&before, &after, &rows),
     }
-    Ok(())
 }
 
 fn thread_list(requested: &[usize]) -> Result<Vec<usize>> {
@@ -119,9 +119,7 @@ fn thread_list(requested: &[usize]) -> Result<Vec<usize>> {
         return Err(Error::invalid("--threads values must be at least 1"));
     }
     if requested.is_empty() {
-        return Ok(vec![
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        ]);
+        return Ok(vec![machine::cores()]);
     }
     Ok(requested.to_vec())
 }
@@ -240,6 +238,9 @@ fn machine_line(m: &Machine) -> String {
         m.cores,
         kernels::path().name()
     );
+    if !m.features.is_empty() {
+        s += &format!(", features: {}", m.features.join(" "));
+    }
     if let Some(b) = &m.board {
         s += &format!(", board: {b}");
     }
@@ -258,19 +259,19 @@ fn throttle_warning(before: &Machine, after: &Machine) -> Option<String> {
     })
 }
 
-fn print_table(before: &Machine, after: &Machine, rows: &[Row]) {
-    println!("machine: {}", machine_line(before));
+fn print_table(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
+    outln!("machine: {}", machine_line(before));
     if let (Some(a), Some(b)) = (before.temperature_c, after.temperature_c) {
-        println!("temperature: {a:.1} °C before, {b:.1} °C after");
+        outln!("temperature: {a:.1} °C before, {b:.1} °C after");
     }
     if let Some(w) = throttle_warning(before, after) {
-        println!("{w}");
+        outln!("{w}");
     }
-    println!();
-    println!("| model | quant | threads | pp tok/s | tg tok/s | ms/tok p50 / p90 / p99 | TTFT ms | GB/s (roofline) | load ms |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    outln!();
+    outln!("| model | quant | threads | pp tok/s | tg tok/s | ms/tok p50 / p90 / p99 | TTFT ms | GB/s (roofline) | load ms |");
+    outln!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        println!(
+        outln!(
             "| {} | {} | {} | {:.1} ± {:.1} | {:.1} ± {:.1} | {:.2} / {:.2} / {:.2} | {:.1} | {:.1} of {:.1} ({:.0}%) | {:.0} |",
             r.model,
             r.quant,
@@ -289,18 +290,19 @@ fn print_table(before: &Machine, after: &Machine, rows: &[Row]) {
             r.load_ms,
         );
     }
-    if let (Some(r), Some(rss)) = (rows.first(), bench::peak_rss_bytes()) {
-        println!();
-        println!(
+    if let (Some(r), Some(rss)) = (rows.first(), machine::peak_rss_bytes()) {
+        outln!();
+        outln!(
             "pp = {} prompt tokens in one batch; tg = {} decode steps from an empty cache (all logits); ctx {}, KV {}; medians ± half-range over repeats",
             r.m.prompt_tokens, r.m.gen_tokens, r.m.ctx, r.m.kv
         );
-        println!(
+        outln!(
             "weights streamed per token: {:.1} MiB; peak RSS: {:.1} MiB",
             mib(r.weight_bytes),
             mib(rss)
         );
     }
+    Ok(())
 }
 
 fn json_str(s: &str) -> String {
@@ -321,7 +323,7 @@ fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("null".to_string(), |v| v.to_string())
 }
 
-fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
+fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
     let results: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -355,24 +357,26 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) {
             )
         })
         .collect();
-    println!(
-        "{{\"machine\":{{\"cpu\":{},\"cores\":{},\"kernels\":{},\"board\":{},\"temperature_c_before\":{},\"temperature_c_after\":{},\"throttled_after\":{}}},\"peak_rss_bytes\":{},\"results\":[{}]}}",
+    outln!(
+        "{{\"machine\":{{\"cpu\":{},\"cores\":{},\"kernels\":{},\"features\":[{}],\"board\":{},\"temperature_c_before\":{},\"temperature_c_after\":{},\"throttled_after\":{}}},\"peak_rss_bytes\":{},\"results\":[{}]}}",
         json_str(&before.cpu),
         before.cores,
         json_str(kernels::path().name()),
+        before.features.iter().map(|f| json_str(f)).collect::<Vec<_>>().join(","),
         before.board.as_deref().map_or("null".to_string(), json_str),
         json_opt(before.temperature_c),
         json_opt(after.temperature_c),
         json_opt(after.throttled),
-        json_opt(bench::peak_rss_bytes()),
+        json_opt(machine::peak_rss_bytes()),
         results.join(",")
     );
+    Ok(())
 }
 
-fn print_csv(rows: &[Row]) {
-    println!("model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct");
+fn print_csv(rows: &[Row]) -> Result<()> {
+    outln!("model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct");
     for r in rows {
-        println!(
+        outln!(
             "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2}",
             r.model.replace(',', " "),
             r.quant,
@@ -392,4 +396,5 @@ fn print_csv(rows: &[Row]) {
             r.roofline_pct(),
         );
     }
+    Ok(())
 }

@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use gpt2q::format::{Activation, HParams};
+use gpt2q::format::Activation;
 use gpt2q::kv_cache::KvType;
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{MemoryPlan, Model, SessionConfig};
-use gpt2q::{Error, Result};
+use gpt2q::model::Model;
+use gpt2q::session::{self, SessionPlan};
+use gpt2q::Result;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -51,107 +52,23 @@ pub(super) fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
     Ok((value * mult as f64).min(usize::MAX as f64) as usize)
 }
 
-/// The context size and memory plan for a run: `ctx` if given (checked against the model and
-/// `mem_limit`), else the model's maximum capped to what fits in `mem_limit`. Refuses, saying
-/// what would fit, when the plan exceeds the limit.
-pub(super) fn plan(
-    hp: &HParams,
-    weights: usize,
-    ctx: Option<usize>,
-    kv: KvType,
-    mem_limit: Option<usize>,
-) -> Result<(usize, MemoryPlan)> {
-    let max_ctx = hp.n_ctx as usize;
-    let ctx = match (ctx, mem_limit) {
-        (Some(c), _) => c,
-        (None, Some(limit)) => {
-            MemoryPlan::max_ctx_within(hp, weights, kv, limit).map_or(max_ctx, |c| c.min(max_ctx))
-        }
-        (None, None) => max_ctx,
-    };
-    if ctx == 0 || ctx > max_ctx {
-        return Err(Error::invalid(format!(
-            "--ctx must be in 1..={max_ctx} for this model, got {ctx}"
-        )));
-    }
-    let plan = MemoryPlan::new(hp, weights, &SessionConfig::new(ctx).with_kv(kv))?;
-    match mem_limit {
-        Some(limit) if plan.total() > limit => Err(Error::invalid(over_limit(
-            hp, weights, ctx, kv, &plan, limit,
-        ))),
-        Some(_) => Ok((ctx, plan)),
-        None => {
-            check_fits_machine(ctx, &plan, gpt2q::bench::machine_memory_bytes())?;
-            Ok((ctx, plan))
-        }
-    }
-}
-
-/// Without `--mem-limit`, refuses a session (KV cache and scratch, which are allocated, unlike
-/// the mapped weights) larger than the machine's memory: a crafted or mistaken header would
-/// otherwise end in a failed allocation, which aborts.
-fn check_fits_machine(ctx: usize, plan: &MemoryPlan, machine: Option<usize>) -> Result<()> {
-    let session = plan.kv_cache.saturating_add(plan.scratch);
-    match machine {
-        Some(total) if session > total => Err(Error::invalid(format!(
-            "at --ctx {ctx} the KV cache and scratch need {:.1} MiB, more than this machine's {:.1} MiB of memory; pass a smaller --ctx or --mem-limit",
-            mib(session),
-            mib(total)
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn over_limit(
-    hp: &HParams,
-    weights: usize,
-    ctx: usize,
-    kv: KvType,
-    plan: &MemoryPlan,
-    limit: usize,
-) -> String {
-    let mut msg = format!(
-        "the memory plan at --ctx {ctx} --kv {kv} is {:.1} MiB (weights {:.1} + KV cache {:.1} + scratch {:.1}), over --mem-limit {:.1} MiB",
-        mib(plan.total()),
-        mib(plan.weights),
-        mib(plan.kv_cache),
-        mib(plan.scratch),
-        mib(limit)
-    );
-    let fits: Vec<String> = KvType::ALL
-        .iter()
-        .filter_map(|&k| {
-            MemoryPlan::max_ctx_within(hp, weights, k, limit).map(|c| format!("--ctx {c} --kv {k}"))
-        })
-        .collect();
-    if fits.is_empty() {
-        msg += &format!(
-            "; nothing fits: the mapped weights alone are {:.1} MiB (use a smaller quantisation or raise the limit)",
-            mib(weights)
-        );
-    } else {
-        msg += &format!("; at most this would fit: {}", fits.join(", or "));
-    }
-    msg
-}
-
 pub fn run(args: Args) -> Result<()> {
     let file = ModelFile::open(&args.model)?;
     let model = Model::load(&file, false)?;
     let hp = &model.hparams;
-    println!(
+    outln!(
         "file:        {} ({:.1} MiB)",
         args.model.display(),
         mib(file.bytes().len())
     );
     for (k, v) in &model.metadata {
-        println!("{:<12} {v}", format!("{k}:"));
+        outln!("{:<12} {v}", format!("{k}:"));
     }
     let act = match hp.activation {
         Activation::GeluTanh => "gelu (tanh)",
         Activation::GeluErf => "gelu (erf)",
     };
-    println!(
+    outln!(
         "model:       {} layers, {} wide, {} heads of {}, MLP {}, vocab {}, context {}, {act}, eps {}",
         hp.n_layer, hp.n_embd, hp.n_head, hp.head_dim(), hp.n_inner, hp.n_vocab, hp.n_ctx, hp.layer_norm_eps
     );
@@ -163,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         e.2 += t.len;
     }
     for (dtype, (n, params, bytes)) in &by_dtype {
-        println!(
+        outln!(
             "tensors:     {n:>3} {dtype:<4} {params:>12} weights {:>9.1} MiB ({:.2} bits/weight)",
             mib(*bytes as usize),
             *bytes as f64 * 8.0 / *params as f64
@@ -176,17 +93,21 @@ pub fn run(args: Args) -> Result<()> {
         .fold((0u64, 0u64), |(w, b), t| {
             (w + t.shape.iter().product::<u64>(), b + t.len)
         });
-    println!(
+    outln!(
         "matrices:    {:.3} bits/weight over {matrix_weights} weights (scales included; position embedding excluded)",
         matrix_bytes as f64 * 8.0 / matrix_weights.max(1) as f64
     );
-    println!(
+    outln!(
         "per token:   {:.1} MiB of weights read",
         mib(model.weight_bytes_per_token())
     );
     let weights = file.bytes().len();
-    let (ctx, plan) = plan(hp, weights, args.ctx, args.kv, args.mem_limit)?;
-    println!(
+    let SessionPlan {
+        config,
+        memory: plan,
+    } = session::plan(hp, weights, args.ctx, args.kv, args.mem_limit)?;
+    let ctx = config.ctx;
+    outln!(
         "memory:      at ctx {ctx}, KV cache {}{}",
         args.kv,
         args.mem_limit.map_or(String::new(), |l| format!(
@@ -194,33 +115,19 @@ pub fn run(args: Args) -> Result<()> {
             mib(l)
         ))
     );
-    println!(
+    outln!(
         "  weights    {:>9.1} MiB (mapped read-only, shared)",
         mib(plan.weights)
     );
-    println!("  KV cache   {:>9.1} MiB", mib(plan.kv_cache));
-    println!("  scratch    {:>9.1} MiB", mib(plan.scratch));
-    println!("  total      {:>9.1} MiB", mib(plan.total()));
+    outln!("  KV cache   {:>9.1} MiB", mib(plan.kv_cache));
+    outln!("  scratch    {:>9.1} MiB", mib(plan.scratch));
+    outln!("  total      {:>9.1} MiB", mib(plan.total()));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_session_larger_than_the_machine_is_refused() {
-        let plan = MemoryPlan {
-            weights: 3 << 30,
-            kv_cache: 300 << 20,
-            scratch: 100 << 20,
-        };
-        // The mapped weights do not count; the allocated session does.
-        assert!(check_fits_machine(512, &plan, Some(400 << 20)).is_ok());
-        let err = check_fits_machine(512, &plan, Some((400 << 20) - 1)).unwrap_err();
-        assert!(err.to_string().contains("--ctx 512"), "{err}");
-        assert!(check_fits_machine(512, &plan, None).is_ok());
-    }
 
     #[test]
     fn sizes_parse() {

@@ -1,6 +1,18 @@
 //! Command-line interface: flag definitions and one module per subcommand. Everything that
 //! prints lives here; the library never prints or exits.
 
+/// `println!` for a command's output that hands a failed write to stdout back as an error (with
+/// `?`) instead of panicking as `println!` does: a closed pipe (`gpt2q run | head`) ends the
+/// command, and [`is_closed_stdout`] lets `main` treat that as a normal end.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 mod bench;
 mod chat;
 mod info;
@@ -9,6 +21,7 @@ mod perplexity;
 mod run;
 mod tokenize;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -72,10 +85,28 @@ pub fn exit_code(e: &Error) -> u8 {
     }
 }
 
+/// The name I/O errors on standard output carry.
+pub const STDOUT: &str = "<stdout>";
+
+/// Writes formatted text to stdout (see `outln!`).
+pub fn write_stdout(text: std::fmt::Arguments<'_>) -> Result<()> {
+    std::io::stdout()
+        .lock()
+        .write_fmt(text)
+        .map_err(|e| Error::io(STDOUT, e))
+}
+
+/// True for a write to a stdout whose reader has gone (`gpt2q run | head -c5`): a normal end
+/// for a command-line tool, which then exits 0 without a message, as ripgrep does.
+pub fn is_closed_stdout(e: &Error) -> bool {
+    matches!(e, Error::Io { path, source }
+        if path.as_os_str() == STDOUT && source.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 fn verify(path: &Path) -> Result<()> {
     let file = ModelFile::open(path)?;
     let model = Model::load(&file, true)?;
-    println!(
+    outln!(
         "{}: OK ({} tensors verified)",
         path.display(),
         model.tensors.len()
@@ -136,7 +167,7 @@ impl ModelArgs {
         let n = match self.threads {
             Some(0) => return Err(Error::invalid("--threads must be at least 1")),
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => gpt2q::machine::cores(),
         };
         // A second call (tests running several commands in one process) keeps the first pool.
         let _ = rayon::ThreadPoolBuilder::new()

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
+use gpt2q::model::Model;
 use gpt2q::perplexity::{compare, perplexity, Comparison};
+use gpt2q::session::Session;
 use gpt2q::{Error, Result};
 
 use super::ModelArgs;
@@ -63,18 +64,18 @@ pub fn run(args: Args) -> Result<()> {
             let base_model = Model::load(&base_file, args.model.verify)?;
             let mut base = Session::for_scoring(&base_model, window.max(1))?;
             let (report, cmp) = compare(&mut session, &mut base, &ids, window, stride)?;
-            print_comparison(&cmp);
+            print_comparison(&cmp)?;
             report
         }
     };
-    println!(
+    outln!(
         "tokens: {} ({} scored in {} windows of {window}, stride {stride})",
         ids.len(),
         report.scored_tokens,
         report.window_mean_nll.len()
     );
-    println!("mean_nll: {:.6}", report.mean_nll());
-    println!("perplexity: {:.4}", report.perplexity());
+    outln!("mean_nll: {:.6}", report.mean_nll());
+    outln!("perplexity: {:.4}", report.perplexity());
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "gpt2q: {secs:.1} s, {:.1} scored tok/s",
@@ -83,11 +84,12 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn print_comparison(cmp: &Comparison) {
-    println!("base_mean_nll: {:.6}", cmp.base.mean_nll());
-    println!("base_perplexity: {:.4}", cmp.base.perplexity());
-    println!("kl_mean: {:.6}", cmp.kl_mean());
-    println!("kl_p99: {:.6}", cmp.kl_percentile(99.0));
-    println!("kl_max: {:.6}", cmp.kl_percentile(100.0));
-    println!("top1_agreement: {:.4}", cmp.top1_agreement());
+fn print_comparison(cmp: &Comparison) -> Result<()> {
+    outln!("base_mean_nll: {:.6}", cmp.base.mean_nll());
+    outln!("base_perplexity: {:.4}", cmp.base.perplexity());
+    outln!("kl_mean: {:.6}", cmp.kl_mean());
+    outln!("kl_p99: {:.6}", cmp.kl_percentile(99.0));
+    outln!("kl_max: {:.6}", cmp.kl_percentile(100.0));
+    outln!("top1_agreement: {:.4}", cmp.top1_agreement());
+    Ok(())
 }

@@ -5,10 +5,11 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use gpt2q::generate::{
-    generate_with_policy, reserve_len, ContextPolicy, StopReason, StopRules, StopText,
+    reserve_len, ContextPolicy, Event, GenerationStats, Generator, StopReason, StopRules, StopText,
 };
-use gpt2q::model::{Model, Session, SessionConfig};
+use gpt2q::model::Model;
 use gpt2q::sampler::Sampler;
+use gpt2q::session::{self, Session};
 use gpt2q::task::{Task, TaskDefaults};
 use gpt2q::tokenizer::Utf8Stream;
 use gpt2q::{Error, Result};
@@ -130,22 +131,23 @@ pub fn run(args: Args) -> Result<()> {
     let file = args.model.open()?;
     let model = Model::load(&file, args.model.verify)?;
     let ctx_args = &args.context;
-    let (ctx, plan) = super::info::plan(
+    let plan = session::plan(
         &model.hparams,
         file.bytes().len(),
         ctx_args.ctx,
         ctx_args.kv,
         ctx_args.mem_limit,
     )?;
+    let ctx = plan.config.ctx;
     let (ids, prompt) = prompt_ids(&model, prompt, ctx, args.truncate_prompt, args.quiet)?;
-    let mut session = Session::with_config(&model, SessionConfig::new(ctx).with_kv(ctx_args.kv))?;
+    let mut session = Session::with_config(&model, plan.config)?;
     let mut sampler = Sampler::new(config.clone(), model.hparams.n_vocab as usize)?;
     if !args.quiet {
         eprintln!(
             "gpt2q: {} prompt tokens, ctx {ctx}, KV {}, {:.1} MiB planned, seed {}",
             ids.len(),
             ctx_args.kv,
-            plan.total() as f64 / (1024.0 * 1024.0),
+            plan.memory.total() as f64 / (1024.0 * 1024.0),
             config.seed
         );
     }
@@ -171,12 +173,12 @@ pub fn run(args: Args) -> Result<()> {
     };
     // Generate on a worker of the thread pool: called from outside it, every parallel matrix
     // product would inject a job into rayon's queue, which allocates (a block per 63 jobs).
-    let stats = rayon::scope(|_| stream(&model, &mut session, &mut sampler, job))?;
+    let stats = rayon::scope(|_| stream(&mut session, &mut sampler, job))?;
     if !args.quiet {
         report(&stats);
     }
     if args.print_peak_rss {
-        match gpt2q::bench::peak_rss_bytes() {
+        match gpt2q::machine::peak_rss_bytes() {
             Some(b) => eprintln!("gpt2q: peak RSS {b} bytes"),
             None => eprintln!("gpt2q: peak RSS unknown"),
         }
@@ -225,7 +227,7 @@ impl Sink<'_> {
     }
 
     fn finish(mut self) -> Result<()> {
-        let io = |e| Error::io("<stdout>", e);
+        let io = |e| Error::io(super::STDOUT, e);
         if let Some(e) = self.error.take() {
             return Err(io(e));
         }
@@ -239,11 +241,10 @@ impl Sink<'_> {
 /// Generates, writing the prompt and then each token's text to stdout as soon as it is complete
 /// UTF-8 (and not possibly the start of the stop string).
 fn stream(
-    model: &Model<'_>,
     session: &mut Session<'_>,
     sampler: &mut Sampler,
     mut job: Job<'_>,
-) -> Result<gpt2q::generate::GenerationStats> {
+) -> Result<GenerationStats> {
     let mut sink = Sink {
         out: std::io::stdout().lock(),
         utf8: Utf8Stream::new(),
@@ -251,42 +252,23 @@ fn stream(
     };
     sink.write(job.echo.as_bytes());
     let mut history = Vec::with_capacity(reserve_len(job.ids.len(), job.rules.max_new_tokens));
-    let mut stopped = false;
-    let eos = job.rules.stop_token;
-    let mut stats = generate_with_policy(
-        session,
-        sampler,
-        job.ids,
-        job.rules,
-        job.policy,
-        &mut history,
-        |token| {
-            if Some(token) == eos {
-                return ControlFlow::Continue(());
+    history.extend_from_slice(job.ids);
+    let mut generator = Generator::new(session, sampler, history, job.policy);
+    let stats = generator.generate(job.rules, job.stop.as_mut(), |event| match event {
+        Event::Text(bytes) => {
+            sink.write(bytes);
+            match sink.error {
+                Some(_) => ControlFlow::Break(()),
+                None => ControlFlow::Continue(()),
             }
-            let bytes = model.tokenizer.token_bytes(token).unwrap_or(&[]);
-            match &mut job.stop {
-                Some(stop) => stopped = stop.push(bytes, |b| sink.write(b)),
-                None => sink.write(bytes),
-            }
-            if stopped || sink.error.is_some() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        },
-    )?;
-    if let Some(stop) = &mut job.stop {
-        stop.finish(|b| sink.write(b));
-    }
-    if stopped {
-        stats.stop = StopReason::StopString;
-    }
+        }
+        Event::Token(_) => ControlFlow::Continue(()),
+    })?;
     sink.finish()?;
     Ok(stats)
 }
 
-fn report(stats: &gpt2q::generate::GenerationStats) {
+fn report(stats: &GenerationStats) {
     let why = match stats.stop {
         StopReason::Length => "length limit",
         StopReason::EndOfText => "<|endoftext|>",

@@ -21,11 +21,11 @@ pub fn run(args: Args) -> Result<()> {
     let model = Model::load(&file, args.model.verify)?;
     let ids = model.tokenizer.encode(&args.text);
     let line: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-    println!("{}", line.join(" "));
+    outln!("{}", line.join(" "));
     if !args.ids {
         for &id in &ids {
             let bytes = model.tokenizer.token_bytes(id).unwrap_or(&[]);
-            println!("{id:>6} {:?}", String::from_utf8_lossy(bytes));
+            outln!("{id:>6} {:?}", String::from_utf8_lossy(bytes));
         }
     }
     Ok(())

@@ -99,6 +99,9 @@ fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
 // Small helpers: one intrinsic sequence each.
 
 /// Sum of the 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum_ps(v: __m256) -> f32 {
@@ -110,6 +113,9 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 }
 
 /// Maximum of the 8 lanes (exact; the lanes must not be NaN).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hmax_ps(v: __m256) -> f32 {
@@ -121,6 +127,9 @@ unsafe fn hmax_ps(v: __m256) -> f32 {
 
 /// One f16 to f32 with F16C (exact). Only for the 0..=3 blocks after the four-block loops: LLVM
 /// may insert the 16 bits into an arbitrary register, a false dependency (see [`quad_scales`]).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_to_f32(h: f16) -> f32 {
@@ -131,6 +140,9 @@ unsafe fn f16_to_f32(h: f16) -> f32 {
 /// `Σ_{k<4} a[4i+k] · b[4i+k]`. Exact when no byte of `a` is −128 (negating it would wrap);
 /// `b` may hold any byte, since `|b|` fits in u8 and each i16 pair is then at most
 /// 2 · 127 · 128 = 32512 < 32768, so `maddubs` never saturates.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_i8_lanes(a: __m256i, b: __m256i) -> __m256i {
@@ -142,6 +154,9 @@ unsafe fn dot_i8_lanes(a: __m256i, b: __m256i) -> __m256i {
 }
 
 /// The 32 activation bytes of a block (lane `i` = element `i`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_act(b: &BlockQ8Act) -> __m256i {
@@ -151,6 +166,9 @@ unsafe fn load_act(b: &BlockQ8Act) -> __m256i {
 
 /// A q8 block's exact integer dot with an activation block, in 8 i32 lanes (their sum is
 /// `Σ q_w · q_x`). Weights must be in `-127..=127`, as [`BlockQ8::quantize`] makes them.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_block_lanes(w: &BlockQ8, x: &BlockQ8Act) -> __m256i {
@@ -161,6 +179,9 @@ unsafe fn q8_block_lanes(w: &BlockQ8, x: &BlockQ8Act) -> __m256i {
 
 /// A q4 block's 32 codes (0..=15) as bytes in element order: the low nibbles of its 16 bytes
 /// are elements 0..16 (lower 128 bits), the high nibbles elements 16..32 (upper 128 bits).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_codes(w: &BlockQ4) -> __m256i {
@@ -173,6 +194,9 @@ unsafe fn q4_codes(w: &BlockQ4) -> __m256i {
 /// A q4 block's exact integer dot `Σ (q_w − 8) · q_x` with an activation block, in 8 i32 lanes.
 /// The codes are unsigned, so `maddubs` takes them directly (pairs ≤ 2 · 15 · 128); the offset
 /// is subtracted as `8 · q_x` pairs in i16, which is exact.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_block_lanes(w: &BlockQ4, x: &BlockQ8Act) -> __m256i {
@@ -185,6 +209,10 @@ unsafe fn q4_block_lanes(w: &BlockQ4, x: &BlockQ8Act) -> __m256i {
 // ---------------------------------------------------------------------------------------------
 // Activation quantisation.
 
+/// Quantises `x` (whole blocks of [`QK`]) into `out`, as the scalar twin does.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_act_avx2(x: &[f32], out: &mut [BlockQ8Act]) {
     for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
@@ -193,6 +221,9 @@ unsafe fn quantize_act_avx2(x: &[f32], out: &mut [BlockQ8Act]) {
 }
 
 /// Quantises one block of 32 floats exactly as the scalar twin does.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_block(xs: &[f32; QK], b: &mut BlockQ8Act) {
@@ -209,6 +240,9 @@ unsafe fn quantize_block(xs: &[f32; QK], b: &mut BlockQ8Act) {
 }
 
 /// `max |x|` over 32 floats, ignoring NaN lanes as `f32::max` in the scalar fold does.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn abs_max(v: &[__m256; 4]) -> f32 {
@@ -223,6 +257,9 @@ unsafe fn abs_max(v: &[__m256; 4]) -> f32 {
 
 /// Clamps lanes to [−128, 127] and maps NaN to 0, so the rounding conversion that follows gives
 /// what `round_ties_even() as i8` gives (it saturates the same way).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn saturate_i8(p: __m256) -> __m256 {
@@ -236,6 +273,9 @@ unsafe fn saturate_i8(p: __m256) -> __m256 {
 
 /// Packs 4 × 8 i32 lanes (each in i8 range) into 32 i8 lanes in order: lane `8k + i` of the
 /// result is lane `i` of `q[k]`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack_i32_to_i8(q: [__m256i; 4]) -> __m256i {
@@ -251,6 +291,10 @@ unsafe fn pack_i32_to_i8(q: [__m256i; 4]) -> __m256i {
 // Integer dot products: four blocks per iteration (their scales converted together) into two
 // accumulators, then the remaining 0..=3 blocks.
 
+/// `w · x` of one q8 row and one token: four blocks per iteration, then the rest.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_avx2(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -271,6 +315,10 @@ unsafe fn dot_q8_avx2(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
     hsum_ps(_mm256_add_ps(acc0, acc1))
 }
 
+/// `w · x` of one q4 row and one token: four blocks per iteration, then the rest.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_avx2(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -296,6 +344,10 @@ const PREFETCH_BYTES: usize = 2048;
 
 /// Hints the cache lines `PREFETCH_BYTES` past the start of `w` (four weight blocks, at most
 /// 136 bytes) into L1.
+///
+/// # Safety
+/// The CPU must support SSE (every x86-64 CPU does). Any `w` is fine: a prefetch never
+/// faults and changes no memory.
 #[inline(always)]
 unsafe fn prefetch_ahead<W>(w: &[W]) {
     let p = w.as_ptr().cast::<i8>().wrapping_add(PREFETCH_BYTES);
@@ -308,6 +360,9 @@ unsafe fn prefetch_ahead<W>(w: &[W]) {
 
 /// Two q4 blocks' exact integer dots with two activation blocks: lanes 0..4 (i32) sum to block
 /// 0's `Σ (q_w − 8) · q_x`, lanes 4..8 to block 1's. Both slices hold two blocks.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_pair_lanes(w: &[BlockQ4], x: &[BlockQ8Act]) -> __m256i {
@@ -332,6 +387,9 @@ unsafe fn q4_pair_lanes(w: &[BlockQ4], x: &[BlockQ8Act]) -> __m256i {
 
 /// Two q4 blocks' codes (`0..=15`) as bytes: `[block 0 | block 1]` of elements 0..16, then of
 /// elements 16..32.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn q4_pair_codes(w: &[BlockQ4]) -> (__m256i, __m256i) {
     // Reads exactly the 16 bytes of each `qs`; bytes: [block 0 | block 1].
@@ -350,6 +408,9 @@ unsafe fn q4_pair_codes(w: &[BlockQ4]) -> (__m256i, __m256i) {
 /// once from a register the code fully defines also avoids a false dependency: converting one
 /// lane lets LLVM insert it into whatever register is free (once, an accumulator), which
 /// chained every block's scale to the previous block's FMA and cost 3x on `dot_q8`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quad_scales<W: HasF16Scale>(w: &[W], x: &[BlockQ8Act]) -> __m128 {
@@ -361,6 +422,9 @@ unsafe fn quad_scales<W: HasF16Scale>(w: &[W], x: &[BlockQ8Act]) -> __m128 {
 }
 
 /// The f16 scales of four blocks as f32 lanes, converted together (see [`quad_scales`]).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn quad_w_scales<W: HasF16Scale>(w: &[W]) -> __m128 {
     debug_assert!(w.len() == 4);
@@ -374,6 +438,9 @@ unsafe fn quad_w_scales<W: HasF16Scale>(w: &[W]) -> __m128 {
 }
 
 /// Lane `K` of `d` in all 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn lane<const K: i32>(d: __m128) -> __m256 {
@@ -381,6 +448,9 @@ unsafe fn lane<const K: i32>(d: __m128) -> __m256 {
 }
 
 /// Lanes 0..4 = `d[0]`, lanes 4..8 = `d[1]` (scales for [`q4_pair_lanes`] of blocks 0 and 1).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn lanes_01(d: __m128) -> __m256 {
@@ -389,6 +459,9 @@ unsafe fn lanes_01(d: __m128) -> __m256 {
 }
 
 /// Lanes 0..4 = `d[2]`, lanes 4..8 = `d[3]`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn lanes_23(d: __m128) -> __m256 {
@@ -397,6 +470,9 @@ unsafe fn lanes_23(d: __m128) -> __m256 {
 }
 
 /// `acc + d · lanes`: integer lanes converted to float (exact below 2^24), one FMA.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn fma_scaled(acc: __m256, d: __m256, lanes: __m256i) -> __m256 {
@@ -441,6 +517,9 @@ trait TileFormat {
     /// The packed kernels for batches of [`packed::MIN_TOKENS`] tokens or more.
     type Packed: packed::PackFormat<W = Self::W>;
     /// One row against one token: the one-row kernel.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available.
     unsafe fn dot(w: &[Self::W], x: &[BlockQ8Act]) -> f32;
     /// Every row of `w` (rows of `nb` blocks) against one token (decode): the one-row kernel
     /// row by row. Interleaving several rows' weight streams measured slower (2 rows: −40%,
@@ -464,11 +543,15 @@ struct Q4Tile;
 impl TileFormat for Q8Tile {
     type W = BlockQ8;
     type Packed = packed::Q8Packed;
+    /// # Safety
+    /// As [`TileFormat::signed_w`].
     #[inline(always)]
     unsafe fn signed_w(w: &BlockQ8) -> __m256i {
         // Reads exactly the 32 bytes of `w.qs`.
         _mm256_loadu_si256(w.qs.as_ptr().cast())
     }
+    /// # Safety
+    /// As [`TileFormat::dot`].
     #[inline(always)]
     unsafe fn dot(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
         dot_q8_avx2(w, x)
@@ -478,14 +561,20 @@ impl TileFormat for Q8Tile {
 impl TileFormat for Q4Tile {
     type W = BlockQ4;
     type Packed = packed::Q4Packed;
+    /// # Safety
+    /// As [`TileFormat::signed_w`].
     #[inline(always)]
     unsafe fn signed_w(w: &BlockQ4) -> __m256i {
         _mm256_sub_epi8(q4_codes(w), _mm256_set1_epi8(8))
     }
+    /// # Safety
+    /// As [`TileFormat::dot`].
     #[inline(always)]
     unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
         dot_q4_avx2(w, x)
     }
+    /// # Safety
+    /// As [`TileFormat::decode`].
     #[inline(always)]
     unsafe fn decode(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
         decode::matmul_q4(w, x, nb, out)
@@ -493,6 +582,9 @@ impl TileFormat for Q4Tile {
 }
 
 /// One block column `b` of a tile: `acc[r][t] += d_w[r] · d_x[t] · Σ q_w · q_x` over the block.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 // Index loops over small const-size arrays: iterator adaptors would add closures that are not
 // compiled for AVX2 and would not be inlined here.
 #[allow(clippy::needless_range_loop)]
@@ -650,6 +742,9 @@ unsafe fn row_major_tiles<F: TileFormat>(
 // Float dot products: 32 per iteration into four accumulators, then 8 at a time, then scalar.
 
 /// 8 f16 weights widened to f32 (lane `i` = `w[i]`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_f16x8(w: &[f16]) -> __m256 {
@@ -659,6 +754,9 @@ unsafe fn load_f16x8(w: &[f16]) -> __m256 {
 }
 
 /// 8 floats (lane `i` = `x[i]`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_f32x8(x: &[f32]) -> __m256 {
@@ -667,6 +765,10 @@ unsafe fn load_f32x8(x: &[f32]) -> __m256 {
     _mm256_loadu_ps(x.as_ptr())
 }
 
+/// `w · x` of an f16 row and an f32 vector: 32 per iteration, then 8, then scalar.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f16_avx2(w: &[f16], x: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -694,6 +796,10 @@ unsafe fn dot_f16_avx2(w: &[f16], x: &[f32]) -> f32 {
     hsum_ps(sum4(acc)) + tail
 }
 
+/// `a · b` of two f32 vectors: 32 per iteration, then 8, then scalar.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -722,6 +828,9 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Lane-wise sum of four accumulators.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn sum4(acc: [__m256; 4]) -> __m256 {
@@ -810,6 +919,9 @@ mod tests {
     }
 
     /// The 8 i32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn i32_lanes(v: __m256i) -> [i32; 8] {
         let mut lanes = [0i32; 8];
@@ -818,6 +930,9 @@ mod tests {
     }
 
     /// Sum of the i32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum_i32(v: __m256i) -> i32 {
         i32_lanes(v).iter().sum()

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use gpt2q::format::{Layout, MAGIC, PREAMBLE_LEN};
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
+use gpt2q::model::Model;
+use gpt2q::session::Session;
 use gpt2q::tokenizer::{Tokenizer, Utf8Stream};
 use gpt2q_convert::checkpoint::HfConfig;
 use gpt2q_convert::safetensors::SafetensorsFile;

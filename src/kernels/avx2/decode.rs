@@ -46,6 +46,10 @@ pub(super) unsafe fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: 
     });
 }
 
+/// [`matmul_q4`] with the thread's buffers `p`.
+///
+/// # Safety
+/// As [`matmul_q4`].
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn prepare_and_multiply(
     w: &[BlockQ4],
@@ -61,6 +65,9 @@ unsafe fn prepare_and_multiply(
 }
 
 /// Fills `p` from `x`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn prepare(x: &[BlockQ8Act], p: &mut Prepared) {
     p.halves.clear();
@@ -82,6 +89,9 @@ unsafe fn prepare(x: &[BlockQ8Act], p: &mut Prepared) {
 
 /// Two blocks' `Σ q · x` (codes `0..=15`, no offset) against their prepared halves: lanes 0..4
 /// (i32) sum to block 0's, lanes 4..8 to block 1's.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn pair_lanes(w: &[BlockQ4], lo: __m256i, hi: __m256i) -> __m256i {
     let (codes_lo, codes_hi) = q4_pair_codes(w);
@@ -95,6 +105,9 @@ unsafe fn pair_lanes(w: &[BlockQ4], lo: __m256i, hi: __m256i) -> __m256i {
 
 /// Row `w` · the prepared token: four blocks per iteration, then the remaining 0..=3 with the
 /// one-row kernel's block function.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act], p: &Prepared) -> f32 {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());

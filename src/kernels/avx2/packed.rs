@@ -78,6 +78,9 @@ pub(super) struct Q8Packed;
 pub(super) struct Q4Packed;
 
 /// Four activation bytes (elements `4k..4k+4`) in every i32 lane.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn group_of_four(x: &BlockQ8Act, k: usize) -> __m256i {
     let bytes: [i8; 4] = x.qs[4 * k..4 * k + 4].try_into().expect("four bytes");
@@ -85,6 +88,9 @@ unsafe fn group_of_four(x: &BlockQ8Act, k: usize) -> __m256i {
 }
 
 /// `acc + (d_w · d_x) · lanes`, the rows' scales `pb.d` times the token's `d_x`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn scaled(acc: __m256, pb: &PackedBlock, x: &BlockQ8Act, lanes: __m256i) -> __m256 {
     // Reads exactly the 8 floats of `pb.d` (32-byte aligned by `repr(align(32))`).
@@ -93,6 +99,9 @@ unsafe fn scaled(acc: __m256, pb: &PackedBlock, x: &BlockQ8Act, lanes: __m256i) 
 }
 
 /// Sum of the 8 i32 lanes.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
@@ -102,6 +111,9 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
 }
 
 /// Vector `k` of a packed block.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn packed_vector(pb: &PackedBlock, k: usize) -> __m256i {
     // Reads exactly the 32 bytes of `pb.q[k]` (aligned: 32-byte rows of an aligned struct).
@@ -110,6 +122,8 @@ unsafe fn packed_vector(pb: &PackedBlock, k: usize) -> __m256i {
 
 impl PackFormat for Q8Packed {
     type W = BlockQ8;
+    /// # Safety
+    /// As [`PackFormat::bytes`].
     #[inline(always)]
     unsafe fn bytes(w: &BlockQ8) -> __m256i {
         // Reads exactly the 32 bytes of `w.qs`.
@@ -118,9 +132,13 @@ impl PackFormat for Q8Packed {
     fn scale_bits(w: &BlockQ8) -> u16 {
         w.d.to_bits()
     }
+    /// # Safety
+    /// As [`PackFormat::act_terms`].
     unsafe fn act_terms(_: &[BlockQ8Act], out: &mut Vec<i32>) {
         out.clear();
     }
+    /// # Safety
+    /// As [`PackFormat::chunk`].
     // Index loops over small const-size arrays: iterator adaptors would add closures that are
     // not compiled for AVX2.
     #[allow(clippy::needless_range_loop)]
@@ -154,6 +172,8 @@ impl PackFormat for Q8Packed {
 
 impl PackFormat for Q4Packed {
     type W = BlockQ4;
+    /// # Safety
+    /// As [`PackFormat::bytes`].
     #[inline(always)]
     unsafe fn bytes(w: &BlockQ4) -> __m256i {
         super::q4_codes(w)
@@ -161,6 +181,8 @@ impl PackFormat for Q4Packed {
     fn scale_bits(w: &BlockQ4) -> u16 {
         w.d.to_bits()
     }
+    /// # Safety
+    /// As [`PackFormat::act_terms`].
     #[inline(always)]
     unsafe fn act_terms(x: &[BlockQ8Act], out: &mut Vec<i32>) {
         out.clear();
@@ -171,6 +193,8 @@ impl PackFormat for Q4Packed {
             hsum_epi32(_mm256_madd_epi16(pairs, ones))
         }));
     }
+    /// # Safety
+    /// As [`PackFormat::chunk`].
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn chunk<const T: usize>(
@@ -238,6 +262,9 @@ unsafe fn pack<F: PackFormat>(
 }
 
 /// The 8 × 8 matrix of i32 lanes `m[r]` transposed: lane `r` of vector `k` is lane `k` of `m[r]`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn transpose_dwords(m: [__m256i; 8]) -> [__m256i; 8] {
     // Pairs of rows interleaved by dword, then by qword: within each 128-bit half, `u[4q + k]`
@@ -301,6 +328,10 @@ pub(super) unsafe fn matmul<F: PackFormat>(
     });
 }
 
+/// [`matmul`] with the thread's activation-terms buffer.
+///
+/// # Safety
+/// As [`matmul`].
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn matmul_with_terms<F: PackFormat>(
     w: &[F::W],
@@ -338,6 +369,9 @@ unsafe fn matmul_with_terms<F: PackFormat>(
 
 /// One chunk against tokens `t0..t0 + T`, written (first chunk) or added into `out`.
 /// `span` is `(first row, tokens, blocks per row, first block of the chunk, first chunk?)`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
 unsafe fn tokens<F: PackFormat, const T: usize>(
     packed: &[PackedBlock],

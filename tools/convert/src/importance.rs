@@ -13,7 +13,8 @@ use std::collections::HashMap;
 
 use gpt2q::format::DType;
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{MatrixInput, Model, Session};
+use gpt2q::model::Model;
+use gpt2q::session::{MatrixInput, Session};
 use gpt2q::{Error, Result};
 
 use crate::checkpoint::Checkpoint;

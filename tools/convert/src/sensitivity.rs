@@ -10,8 +10,8 @@ use std::path::Path;
 
 use gpt2q::format::DType;
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
 use gpt2q::perplexity::compare;
+use gpt2q::{model::Model, session::Session};
 use gpt2q::{Error, Result};
 
 use crate::checkpoint::Checkpoint;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use gpt2q::mmap::ModelFile;
-use gpt2q::model::{Model, Session};
+use gpt2q::{model::Model, session::Session};
 use gpt2q_convert::convert::{convert, Options, Quant, Weighting};
 use serde_json::{json, Map, Value};
 
