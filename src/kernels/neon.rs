@@ -796,11 +796,18 @@ mod tests {
 
     /// The sdot block kernels compiled with `dotprod` enabled (their `lanes` are only inlined
     /// into such functions in the library).
+    ///
+    /// # Safety
+    /// The CPU must support `dotprod`.
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn sdot_lanes_q8(w: &BlockQ8, x: &BlockQ8Act) -> int32x4_t {
         Q8Sdot::lanes(w, x)
     }
 
+    /// [`sdot_lanes_q8`] for q4.
+    ///
+    /// # Safety
+    /// The CPU must support `dotprod`.
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn sdot_lanes_q4(w: &BlockQ4, x: &BlockQ8Act) -> int32x4_t {
         Q4Sdot::lanes(w, x)

@@ -157,6 +157,9 @@ impl GroupDot for Mull {
 }
 
 /// Lane `i` (a constant after unrolling) of `v` in every lane.
+///
+/// # Safety
+/// NEON must be available.
 #[inline(always)]
 unsafe fn broadcast_lane(v: int32x4_t, i: usize) -> int32x4_t {
     match i {
@@ -196,6 +199,9 @@ unsafe fn pack<F: PackFormat>(
 
 /// A 4 × 4 transpose of 32-bit groups: vector `k` of the result holds group `k` of each input
 /// (four consecutive elements of each of the four rows).
+///
+/// # Safety
+/// NEON must be available.
 #[inline(always)]
 unsafe fn interleave(r: [int8x16_t; 4]) -> [int8x16_t; 4] {
     let r = r.map(|v| vreinterpretq_s32_s8(v));
