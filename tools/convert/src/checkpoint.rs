@@ -565,7 +565,7 @@ impl TensorView<'_> {
     /// is an error naming the tensor and the element.
     pub fn read_into(&self, start: usize, out: &mut [f32]) -> Result<()> {
         self.decode_unchecked(start, out)?;
-        match out.iter().position(|v| !v.is_finite()) {
+        match first_non_finite(out) {
             None => Ok(()),
             Some(i) => Err(self.non_finite(start + i, out[i])),
         }
@@ -576,7 +576,7 @@ impl TensorView<'_> {
         out.par_chunks_mut(cols.max(1))
             .enumerate()
             .try_for_each(|(r, row)| self.decode_unchecked(start + r * cols, row))?;
-        match out.par_iter().position_first(|v| !v.is_finite()) {
+        match first_non_finite(out) {
             None => Ok(()),
             Some(i) => Err(self.non_finite(start + i, out[i])),
         }
@@ -608,7 +608,7 @@ impl TensorView<'_> {
                 }
                 Ok::<(), Error>(())
             })?;
-        match out.par_iter().position_first(|v| !v.is_finite()) {
+        match first_non_finite(&out) {
             None => Ok(out),
             Some(k) => Err(self.non_finite((k % rows) * cols + k / rows, out[k])),
         }
@@ -653,6 +653,22 @@ impl TensorView<'_> {
             self.info.shape
         ))
     }
+}
+
+/// The index of the first non-finite value, checked on every thread of the pool.
+fn first_non_finite(values: &[f32]) -> Option<usize> {
+    const PIECE: usize = 1 << 14;
+    let piece = values
+        .par_chunks(PIECE)
+        .enumerate()
+        .filter(|(_, c)| !c.iter().fold(true, |ok, v| ok & v.is_finite()))
+        .map(|(k, _)| k)
+        .min()?;
+    let start = piece * PIECE;
+    values[start..]
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|i| start + i)
 }
 
 /// Reads `config.json` in `dir`: the validated config and `_name_or_path` if present.

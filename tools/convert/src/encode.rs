@@ -8,6 +8,7 @@
 use gpt2q::format::DType;
 use gpt2q::quant::{BlockQ8, QK};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::q4_search;
@@ -54,8 +55,14 @@ fn encode_row(dtype: DType, row: &[f32], importance: Option<&[f32]>, dst: &mut [
             }
         }
         DType::F16 => {
-            for (d, v) in dst.chunks_exact_mut(2).zip(row) {
-                d.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            // The slice conversion detects F16C once per call, not once per value.
+            let mut halves = [f16::ZERO; 64];
+            for (d, v) in dst.chunks_mut(128).zip(row.chunks(64)) {
+                let h = &mut halves[..v.len()];
+                h.convert_from_f32_slice(v);
+                for (o, x) in d.chunks_exact_mut(2).zip(h.iter()) {
+                    o.copy_from_slice(&x.to_le_bytes());
+                }
             }
         }
         DType::Q8 => {

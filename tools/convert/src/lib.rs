@@ -9,3 +9,4 @@ pub mod output;
 pub mod q4_search;
 pub mod safetensors;
 pub mod sensitivity;
+pub mod synthetic;

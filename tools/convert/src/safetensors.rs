@@ -421,33 +421,22 @@ fn check_overlaps(tensors: &BTreeMap<String, TensorInfo>, path: &Path) -> Result
 pub fn decode_into(bytes: &[u8], dtype: &StDtype, out: &mut [f32]) -> bool {
     match dtype {
         StDtype::F32 => {
-            for (o, w) in out.iter_mut().zip(le_words::<4>(bytes)) {
-                *o = f32::from_le_bytes(w);
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        StDtype::F16 => {
-            for (o, w) in out.iter_mut().zip(le_words::<2>(bytes)) {
-                *o = half::f16::from_bits(u16::from_le_bytes(w)).to_f32();
-            }
-        }
-        StDtype::BF16 => {
-            for (o, w) in out.iter_mut().zip(le_words::<2>(bytes)) {
-                *o = half::bf16::from_bits(u16::from_le_bytes(w)).to_f32();
-            }
-        }
+        StDtype::F16 => halves_to_f32(bytes, out, |bits| half::f16::from_bits(bits).to_f32()),
+        StDtype::BF16 => halves_to_f32(bytes, out, |bits| half::bf16::from_bits(bits).to_f32()),
         StDtype::Other(_) => return false,
     }
     true
 }
 
-/// Consecutive `N`-byte words of `bytes` (a trailing partial word is ignored; parse-time validation
-/// guarantees there is none).
-fn le_words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-    bytes.chunks_exact(N).map(|chunk| {
-        let mut word = [0u8; N];
-        word.copy_from_slice(chunk);
-        word
-    })
+/// Decodes little-endian 16-bit floats, widened by `widen`.
+fn halves_to_f32(bytes: &[u8], out: &mut [f32], widen: impl Fn(u16) -> f32) {
+    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = widen(u16::from_le_bytes([c[0], c[1]]));
+    }
 }
 
 /// A short description of a JSON value's kind, for error messages.
