@@ -75,6 +75,8 @@ fn peak_memory_stays_under_the_largest_tensor_plus_64_mb() {
     );
     for quant in ["q8", "f32"] {
         let out = dir.join(format!("out-{quant}.g2q"));
+        // Reaped by `wait_with_peak_rss` (wait4, which also returns its resource usage).
+        #[allow(clippy::zombie_processes)]
         let child = converter(&[&ckpt, &"-o", &out, &"-q", &quant, &"--quiet"])
             .spawn()
             .unwrap();
