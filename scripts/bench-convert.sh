@@ -36,15 +36,15 @@ ckpt=$work/ckpt-$shape
 if [[ ! -f $ckpt/model.safetensors ]]; then
   "$bin/examples/synthetic_checkpoint" "$ckpt" "$shape" f32
 fi
-echo "checkpoint: $ckpt ($(du -m "$ckpt/model.safetensors" | cut -f1) MB), $(nproc) cores"
+echo "checkpoint: $ckpt ($(($(stat -c %s "$ckpt/model.safetensors") / 1000000)) MB), $(nproc) cores"
 
-# One timed conversion: prints "wall user sys maxrss_MB".
+# One timed conversion: prints "wall user sys maxrss_MiB".
 measure() {
   /usr/bin/time -f "%e %U %S %M" -o "$work/time.txt" "$@" >/dev/null 2>&1
   awk '{printf "%s %s %s %.0f\n", $1, $2, $3, $4 / 1024}' "$work/time.txt"
 }
 
-echo "| converter | quant | threads | wall s (median) | user s | sys s | peak RSS MB |"
+echo "| converter | quant | threads | wall s (median) | user s | sys s | peak RSS MiB |"
 echo "|---|---|---|---|---|---|---|"
 IFS=, read -ra qs <<<"$quants"
 IFS=, read -ra ts <<<"$threads"
