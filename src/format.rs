@@ -674,7 +674,7 @@ impl ModelWriter {
         path: &Path,
         tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
     ) -> Result<()> {
-        self.write_file(path, true, tensor_data)
+        self.write_file(path, &temp_path(path), true, &mut whole(tensor_data))
     }
 
     /// As [`ModelWriter::write_atomic`], but never replaces an existing `path`, even one that
@@ -686,26 +686,41 @@ impl ModelWriter {
         path: &Path,
         tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
     ) -> Result<()> {
-        self.write_file(path, false, tensor_data)
+        self.write_file(path, &temp_path(path), false, &mut whole(tensor_data))
+    }
+
+    /// As [`ModelWriter::write_atomic`] (or [`ModelWriter::write_new`] unless `replace`), with
+    /// the temporary file at `temp` (same directory as `path`, so the rename is atomic) and the
+    /// tensors streamed: `tensor_data(i, entry, sink)` passes tensor `i`'s bytes to `sink` in as
+    /// many pieces as it likes, so no whole tensor needs to be in memory. On any error `temp`
+    /// is removed and `path` is untouched.
+    pub fn write_streaming(
+        self,
+        path: &Path,
+        temp: &Path,
+        replace: bool,
+        mut tensor_data: impl FnMut(usize, &TensorEntry, &mut ByteSink<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.write_file(path, temp, replace, &mut tensor_data)
     }
 
     fn write_file(
         mut self,
         path: &Path,
+        tmp: &Path,
         replace: bool,
-        mut tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
+        tensor_data: &mut StreamFn<'_>,
     ) -> Result<()> {
-        let tmp = temp_path(path);
         let result = (|| {
-            let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            self.write_body(&mut file, &tmp, &mut tensor_data)?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            publish(&tmp, path, replace)?;
+            let mut file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+            self.write_body(&mut file, tmp, tensor_data)?;
+            file.sync_all().map_err(|e| Error::io(tmp, e))?;
+            publish(tmp, path, replace)?;
             sync_parent_dir(path);
             Ok(())
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(tmp);
         }
         result
     }
@@ -713,10 +728,10 @@ impl ModelWriter {
     /// Serialises the whole file into memory (for tests and synthetic models).
     pub fn write_to_vec(
         mut self,
-        mut tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
+        tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
         let mut cur = std::io::Cursor::new(Vec::new());
-        self.write_body(&mut cur, Path::new("<memory>"), &mut tensor_data)?;
+        self.write_body(&mut cur, Path::new("<memory>"), &mut whole(tensor_data))?;
         Ok(cur.into_inner())
     }
 
@@ -724,7 +739,7 @@ impl ModelWriter {
         &mut self,
         w: &mut W,
         path: &Path,
-        tensor_data: &mut dyn FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
+        tensor_data: &mut StreamFn<'_>,
     ) -> Result<()> {
         let io = |e| Error::io(path, e);
         let header = self.plan.to_bytes();
@@ -734,20 +749,23 @@ impl ModelWriter {
         let mut pos = (PREAMBLE_LEN + header.len() + self.tokenizer.len()) as u64;
         for i in 0..self.plan.tensors.len() {
             let entry = &self.plan.tensors[i];
-            let data = tensor_data(i, entry)?;
-            if data.len() as u64 != entry.len {
-                return Err(Error::invalid(format!(
-                    "tensor {}: {} bytes produced, {} planned",
-                    entry.name,
-                    data.len(),
-                    entry.len
-                )));
-            }
             w.write_all(&vec![0u8; (entry.offset - pos) as usize])
                 .map_err(io)?;
-            w.write_all(&data).map_err(io)?;
+            let (mut written, mut crc) = (0u64, crc32fast::Hasher::new());
+            let mut sink = |bytes: &[u8]| {
+                written += bytes.len() as u64;
+                if written > entry.len {
+                    return Err(wrong_length(entry, written));
+                }
+                crc.update(bytes);
+                w.write_all(bytes).map_err(io)
+            };
+            tensor_data(i, entry, &mut sink)?;
+            if written != entry.len {
+                return Err(wrong_length(entry, written));
+            }
             pos = entry.offset + entry.len;
-            self.plan.tensors[i].crc32 = crc32fast::hash(&data);
+            self.plan.tensors[i].crc32 = crc.finalize();
         }
         let header = self.plan.to_bytes();
         let preamble = self.preamble(&header, pos);
@@ -756,6 +774,27 @@ impl ModelWriter {
         w.write_all(&header).map_err(io)?;
         w.flush().map_err(io)
     }
+}
+
+/// Receives one tensor's bytes, in as many pieces as the producer likes.
+pub type ByteSink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
+
+/// A tensor-data callback that streams its bytes into a sink.
+type StreamFn<'a> = dyn FnMut(usize, &TensorEntry, &mut ByteSink<'_>) -> Result<()> + 'a;
+
+/// Adapts a callback returning each tensor whole to the streaming form.
+fn whole(
+    mut tensor_data: impl FnMut(usize, &TensorEntry) -> Result<Vec<u8>>,
+) -> impl FnMut(usize, &TensorEntry, &mut ByteSink<'_>) -> Result<()> {
+    move |i, entry, sink| sink(&tensor_data(i, entry)?)
+}
+
+/// A tensor whose bytes do not add up to its planned length.
+fn wrong_length(entry: &TensorEntry, written: u64) -> Error {
+    Error::invalid(format!(
+        "tensor {}: {written} bytes produced, {} planned",
+        entry.name, entry.len
+    ))
 }
 
 /// Moves the finished temporary file `tmp` to `path`; unless `replace`, fails rather than replace

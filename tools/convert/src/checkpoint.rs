@@ -6,12 +6,14 @@
 //! (GPT-2 names without the `transformer.` prefix, see [`Checkpoint::expected_tensors`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use gpt2q::{Error, Result};
+use rayon::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::safetensors::{kind, SafetensorsFile, StDtype, TensorInfo};
+use crate::safetensors::{decode_into, kind, SafetensorsFile, StDtype, TensorInfo};
 
 /// Canonical name of the optional, untied output projection.
 pub const LM_HEAD: &str = "lm_head.weight";
@@ -357,19 +359,28 @@ impl Checkpoint {
     /// Reads tensor `canonical` as `f32` values (row-major, in the stored shape). Any non-finite value
     /// is an error naming the tensor and the element.
     pub fn read(&self, canonical: &str) -> Result<Vec<f32>> {
-        let (loc, shard, info) = self.lookup(canonical)?;
-        let values = shard.read_f32(&loc.key)?;
-        match values.iter().position(|v| !v.is_finite()) {
-            None => Ok(values),
-            Some(i) => Err(Error::format(format!(
-                "{}: tensor {canonical} (stored as {:?}) has a non-finite value {} at element {i} (index {:?} of shape {:?}); the checkpoint is damaged",
-                shard.path().display(),
-                loc.key,
-                values.get(i).copied().unwrap_or(f32::NAN),
-                unravel(i, &info.shape),
-                info.shape
-            ))),
-        }
+        let view = self.view(canonical)?;
+        let mut values = vec![0.0; view.numel()];
+        view.read_into(0, &mut values)?;
+        Ok(values)
+    }
+
+    /// Tensor `canonical` as stored, not yet read: its elements are decoded on demand, a run at a
+    /// time, and released from memory once used (see [`TensorView`]).
+    pub fn view(&self, canonical: &str) -> Result<TensorView<'_>> {
+        let (loc, shard, _) = self.lookup(canonical)?;
+        let (info, bytes) = shard.raw(&loc.key)?;
+        let canonical = self
+            .names
+            .get_key_value(canonical)
+            .map_or("", |(k, _)| k.as_str());
+        Ok(TensorView {
+            canonical,
+            key: &loc.key,
+            shard,
+            info,
+            bytes,
+        })
     }
 
     /// Stored shape of tensor `canonical`, if the checkpoint has it.
@@ -395,13 +406,27 @@ impl Checkpoint {
         if !self.has_lm_head() {
             return Ok(true);
         }
-        let head = self.read(LM_HEAD)?;
-        let wte = self.read("wte.weight")?;
-        Ok(head.len() == wte.len()
-            && head
+        let (head, wte) = (self.view(LM_HEAD)?, self.view("wte.weight")?);
+        if head.numel() != wte.numel() {
+            return Ok(false);
+        }
+        let n = head.numel();
+        let (mut a, mut b) = (vec![0.0; COMPARE_CHUNK], vec![0.0; COMPARE_CHUNK]);
+        for start in (0..n).step_by(COMPARE_CHUNK) {
+            let len = COMPARE_CHUNK.min(n - start);
+            head.read_into(start, &mut a[..len])?;
+            wte.read_into(start, &mut b[..len])?;
+            head.release(start..start + len);
+            wte.release(start..start + len);
+            if a[..len]
                 .iter()
-                .zip(&wte)
-                .all(|(a, b)| a.to_bits() == b.to_bits()))
+                .zip(&b[..len])
+                .any(|(x, y)| x.to_bits() != y.to_bits())
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A name for the model's metadata: the directory's name, followed by `_name_or_path` from
@@ -508,6 +533,142 @@ impl Checkpoint {
         }
         Ok(())
     }
+}
+
+/// Elements compared at a time by [`Checkpoint::lm_head_is_tied`].
+const COMPARE_CHUNK: usize = 1 << 20;
+
+/// One stored tensor of a [`Checkpoint`], read a run of elements at a time: the converter
+/// decodes a few rows, converts them, writes them, and [`TensorView::release`]s them, so its
+/// memory does not grow with the checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorView<'a> {
+    canonical: &'a str,
+    key: &'a str,
+    shard: &'a SafetensorsFile,
+    info: &'a TensorInfo,
+    bytes: &'a [u8],
+}
+
+impl TensorView<'_> {
+    /// The stored shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.info.shape
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.info.numel()
+    }
+
+    /// Decodes elements `start..start + out.len()` (row-major) into `out`. Any non-finite value
+    /// is an error naming the tensor and the element.
+    pub fn read_into(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        self.decode_unchecked(start, out)?;
+        match first_non_finite(out) {
+            None => Ok(()),
+            Some(i) => Err(self.non_finite(start + i, out[i])),
+        }
+    }
+
+    /// As [`TensorView::read_into`], decoding `cols`-long rows on every thread of the pool.
+    pub fn par_read_into(&self, start: usize, out: &mut [f32], cols: usize) -> Result<()> {
+        out.par_chunks_mut(cols.max(1))
+            .enumerate()
+            .try_for_each(|(r, row)| self.decode_unchecked(start + r * cols, row))?;
+        match first_non_finite(out) {
+            None => Ok(()),
+            Some(i) => Err(self.non_finite(start + i, out[i])),
+        }
+    }
+
+    /// Reads a 2-D tensor stored `(rows, cols)` as its transpose `(cols, rows)`, row-major, on
+    /// every thread of the pool (output rows in bands of 32, each reading 32 consecutive stored
+    /// values per stored row). Any non-finite value is an error naming a stored element.
+    pub fn read_transposed(&self) -> Result<Vec<f32>> {
+        let [rows, cols] = self.info.shape[..] else {
+            return Err(Error::invalid(format!(
+                "tensor {}: cannot transpose shape {:?}",
+                self.canonical, self.info.shape
+            )));
+        };
+        const BAND: usize = 32;
+        let mut out = vec![0f32; rows * cols];
+        out.par_chunks_mut(BAND * rows.max(1))
+            .enumerate()
+            .try_for_each(|(band, dst)| {
+                let j0 = band * BAND;
+                let n = dst.len() / rows.max(1);
+                let mut run = [0f32; BAND];
+                for i in 0..rows {
+                    self.decode_unchecked(i * cols + j0, &mut run[..n])?;
+                    for (t, &v) in run[..n].iter().enumerate() {
+                        dst[t * rows + i] = v;
+                    }
+                }
+                Ok::<(), Error>(())
+            })?;
+        match first_non_finite(&out) {
+            None => Ok(out),
+            Some(k) => Err(self.non_finite((k % rows) * cols + k / rows, out[k])),
+        }
+    }
+
+    /// Drops the memory pages holding elements `elems` (see [`SafetensorsFile::release`]).
+    pub fn release(&self, elems: Range<usize>) {
+        let size = self.info.dtype.float_size();
+        let base = self.info.range.start;
+        self.shard
+            .release(base + elems.start * size..base + elems.end * size);
+    }
+
+    /// Decodes without the finiteness check.
+    fn decode_unchecked(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let size = self.info.dtype.float_size();
+        let bytes = start
+            .checked_add(out.len())
+            .filter(|&end| end <= self.numel() && size > 0)
+            .and_then(|end| self.bytes.get(start * size..end * size));
+        match bytes {
+            Some(bytes) if decode_into(bytes, &self.info.dtype, out) => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "{}: tensor {} (stored as {:?}, {} elements of {}): cannot read elements {start}..{}",
+                self.shard.path().display(),
+                self.canonical,
+                self.key,
+                self.numel(),
+                self.info.dtype,
+                start.saturating_add(out.len())
+            ))),
+        }
+    }
+
+    fn non_finite(&self, i: usize, value: f32) -> Error {
+        Error::format(format!(
+            "{}: tensor {} (stored as {:?}) has a non-finite value {value} at element {i} (index {:?} of shape {:?}); the checkpoint is damaged",
+            self.shard.path().display(),
+            self.canonical,
+            self.key,
+            unravel(i, &self.info.shape),
+            self.info.shape
+        ))
+    }
+}
+
+/// The index of the first non-finite value, checked on every thread of the pool.
+fn first_non_finite(values: &[f32]) -> Option<usize> {
+    const PIECE: usize = 1 << 14;
+    let piece = values
+        .par_chunks(PIECE)
+        .enumerate()
+        .filter(|(_, c)| !c.iter().fold(true, |ok, v| ok & v.is_finite()))
+        .map(|(k, _)| k)
+        .min()?;
+    let start = piece * PIECE;
+    values[start..]
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|i| start + i)
 }
 
 /// Reads `config.json` in `dir`: the validated config and `_name_or_path` if present.

@@ -1,19 +1,26 @@
 //! Turning a [`Checkpoint`] into a `.g2q` file: which dtype each tensor gets, the transposition
-//! of GPT-2's Conv1D weights to `(out, in)`, metadata, and the atomic write.
+//! of GPT-2's Conv1D weights to `(out, in)`, metadata, and the streaming write.
 //!
-//! It owns the conversion policy; the byte layout is the library's (`gpt2q::format`), and reading
-//! the Hugging Face files is [`crate::checkpoint`]'s.
+//! It owns the conversion policy; the byte layout is the library's (`gpt2q::format`), reading
+//! the Hugging Face files is [`crate::checkpoint`]'s, encoding rows is [`crate::encode`]'s and
+//! the partial output file is [`crate::output`]'s. Tensors stream through in chunks of rows:
+//! decoded, encoded on the thread pool, written, and their input pages released, so memory stays
+//! bounded whatever the model's size.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gpt2q::format::{Activation, DType, HParams, ModelWriter, TensorEntry, TensorSpec};
-use gpt2q::quant::{encode_tensor_weighted, QK};
+use gpt2q::format::{Activation, ByteSink, DType, HParams, ModelWriter, TensorEntry, TensorSpec};
+use gpt2q::mmap::ModelFile;
+use gpt2q::model::Model;
+use gpt2q::quant::QK;
 use gpt2q::tokenizer::Tokenizer;
 use gpt2q::{Error, Result};
 
-use crate::checkpoint::{Checkpoint, HfConfig};
+use crate::checkpoint::{Checkpoint, HfConfig, TensorView};
+use crate::encode::encode_rows;
 use crate::importance::ColumnImportance;
+use crate::output::{self, PartialFile};
 
 /// The converter's version, recorded in every file it writes.
 pub const CONVERTER: &str = concat!("gpt2q-convert ", env!("CARGO_PKG_VERSION"));
@@ -139,12 +146,17 @@ pub enum Weighting {
 }
 
 impl Weighting {
-    /// The column weights this choice gives for `ckpt`.
+    /// The column weights this choice gives for `ckpt`. Measuring activations runs the model,
+    /// built in memory in f16 (half the checkpoint's f32 size): the one step of a conversion
+    /// whose memory grows with the model.
     pub fn importance(&self, ckpt: &Checkpoint) -> Result<ColumnImportance> {
         match self {
             Weighting::Uniform => Ok(ColumnImportance::uniform()),
             Weighting::Activations { text, tokens } => {
-                ColumnImportance::from_activations(ckpt, text, *tokens)
+                let uniform = ColumnImportance::uniform();
+                let file = ModelFile::from_bytes(&model_bytes(ckpt, &|_| DType::F16, &uniform)?);
+                let model = Model::load(&file, false)?;
+                ColumnImportance::from_activations(&model, text, *tokens)
             }
         }
     }
@@ -347,19 +359,85 @@ fn metadata(ckpt: &Checkpoint, opts: &Options, plan: &[Planned]) -> Vec<(String,
     ]
 }
 
+/// What [`convert_with`] reports as it goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// Tensor `index` of `count` (its name in the file) is about to be converted.
+    Tensor {
+        /// Position in the file, from 0.
+        index: usize,
+        /// Number of tensors in the file.
+        count: usize,
+        /// Its name in the file.
+        name: &'a str,
+    },
+    /// `done` of the `total` bytes of checkpoint data have been converted and written.
+    Progress {
+        /// Bytes of the checkpoint's tensors consumed so far.
+        done: u64,
+        /// Bytes of the checkpoint's tensors the conversion reads in all.
+        total: u64,
+    },
+    /// A partial output left by a conversion that died (killed, or a crash) was removed.
+    RemovedStale(&'a Path),
+    /// A partial output of another conversion that is still running was left alone.
+    OtherPartial(&'a Path),
+}
+
+/// What a finished conversion wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Size of the output file in bytes.
+    pub bytes: u64,
+    /// Number of model parameters stored (every tensor's elements).
+    pub weights: u64,
+}
+
+impl Summary {
+    /// Bits of the file per parameter (header, tokenizer and scales included).
+    pub fn bits_per_weight(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.weights.max(1) as f64
+    }
+}
+
 /// Converts the checkpoint in `dir` to `out`. `progress(i, n, name)` is called before each
-/// tensor is converted.
+/// tensor is converted. See [`convert_with`].
 pub fn convert(
     dir: &Path,
     out: &Path,
     opts: &Options,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<()> {
+    convert_with(dir, out, opts, &mut |e| {
+        if let Event::Tensor { index, count, name } = e {
+            progress(index, count, name);
+        }
+    })
+    .map(|_| ())
+}
+
+/// Converts the checkpoint in `dir` to `out`, reporting [`Event`]s. The file is written to
+/// `OUT.partial-PID` next to `out` ([`output`]) and renamed into place when complete; partial
+/// files of dead conversions are removed first. Rows are encoded on the current rayon pool; the
+/// bytes do not depend on its size.
+pub fn convert_with(
+    dir: &Path,
+    out: &Path,
+    opts: &Options,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<Summary> {
     if out.exists() && !opts.force {
         return Err(Error::invalid(format!(
             "{} already exists; pass --force to replace it",
             out.display()
         )));
+    }
+    for stale in output::stale_partials(out) {
+        if stale.alive {
+            events(Event::OtherPartial(&stale.path));
+        } else if std::fs::remove_file(&stale.path).is_ok() {
+            events(Event::RemovedStale(&stale.path));
+        }
     }
     let ckpt = Checkpoint::open(dir)?;
     let importance = opts.weighting.importance(&ckpt)?;
@@ -367,18 +445,30 @@ pub fn convert(
     let (writer, planned) = prepare(&ckpt, &policy, opts.quant, |planned| {
         metadata(&ckpt, opts, planned)
     })?;
-    let n = planned.len();
-    let data = |i: usize, _: &TensorEntry| {
+    let weights = planned
+        .iter()
+        .map(|p| p.spec.shape.iter().product::<u64>())
+        .sum();
+    let total = planned.iter().map(|p| source_bytes(&ckpt, p)).sum();
+    let (n, mut done) = (planned.len(), 0u64);
+    let data = |i: usize, _: &TensorEntry, sink: &mut ByteSink<'_>| {
         let p = &planned[i];
-        progress(i, n, &p.spec.name);
-        tensor_bytes(&ckpt, p, &importance)
+        events(Event::Tensor {
+            index: i,
+            count: n,
+            name: &p.spec.name,
+        });
+        write_tensor(&ckpt, p, &importance, sink, &mut |bytes| {
+            done += bytes;
+            events(Event::Progress { done, total });
+        })
     };
-    if opts.force {
-        writer.write_atomic(out, data)
-    } else {
-        // Also refuses an output that appears while we convert.
-        writer.write_new(out, data)
-    }
+    let partial = PartialFile::new(out);
+    // An existing output is only replaced with --force; without it the finished file is linked
+    // into place, which also refuses an output that appears while we convert.
+    writer.write_streaming(out, partial.path(), opts.force, data)?;
+    let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(Summary { bytes, weights })
 }
 
 /// A writer for `ckpt` with its matrices in the dtypes `policy` picks, and the tensors in the
@@ -410,7 +500,15 @@ pub(crate) fn model_bytes(
     importance: &ColumnImportance,
 ) -> Result<Vec<u8>> {
     let (writer, planned) = prepare(ckpt, policy, Quant::F32, |_| Vec::new())?;
-    writer.write_to_vec(|i, _| tensor_bytes(ckpt, &planned[i], importance))
+    writer.write_to_vec(|i, entry| {
+        let mut bytes = Vec::with_capacity(entry.len as usize);
+        let mut sink = |b: &[u8]| {
+            bytes.extend_from_slice(b);
+            Ok(())
+        };
+        write_tensor(ckpt, &planned[i], importance, &mut sink, &mut |_| {})?;
+        Ok(bytes)
+    })
 }
 
 /// The names and sizes (in weights) of `ckpt`'s weight matrices in file order, position
@@ -425,29 +523,66 @@ pub(crate) fn matrix_names(ckpt: &Checkpoint) -> Result<Vec<(String, u64)>> {
     Ok(names)
 }
 
-fn tensor_bytes(ckpt: &Checkpoint, p: &Planned, importance: &ColumnImportance) -> Result<Vec<u8>> {
-    let mut values = ckpt.read(&p.source)?;
-    let cols = *p.spec.shape.last().unwrap_or(&1) as usize;
-    if let Some(rows) = &p.source_rows {
-        values = values[rows.start * cols..rows.end * cols].to_vec();
-    }
-    if p.transpose {
-        let rows = p.spec.shape[0] as usize;
-        values = transpose(&values, cols, rows);
-    }
-    let weights = importance.get(&p.spec.name).filter(|w| w.len() == cols);
-    Ok(encode_tensor_weighted(p.spec.dtype, &values, cols, weights))
+/// Source elements decoded and encoded at a time: the chunk's `f32` values take 8 MB.
+const CHUNK_VALUES: usize = 1 << 21;
+
+/// Bytes of checkpoint data the conversion of `p` reads.
+fn source_bytes(ckpt: &Checkpoint, p: &Planned) -> u64 {
+    let elem = ckpt.dtype(&p.source).map_or(0, |d| d.float_size()) as u64;
+    p.spec.shape.iter().product::<u64>() * elem
 }
 
-/// Transposes a row-major `(rows, cols)` matrix into `(cols, rows)`.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
+/// Converts tensor `p` into `sink`, a chunk of rows at a time, releasing each chunk's input once
+/// it is encoded; `consumed(bytes)` counts the input bytes done.
+fn write_tensor(
+    ckpt: &Checkpoint,
+    p: &Planned,
+    importance: &ColumnImportance,
+    sink: &mut ByteSink<'_>,
+    consumed: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let view = ckpt.view(&p.source)?;
+    let cols = *p.spec.shape.last().unwrap_or(&1) as usize;
+    let rows = p.spec.shape.iter().rev().skip(1).product::<u64>() as usize;
+    let elem = source_bytes(ckpt, p) / (rows * cols).max(1) as u64;
+    let weights = importance.get(&p.spec.name).filter(|w| w.len() == cols);
+    let encode = |values: &[f32], out: &mut Vec<u8>| {
+        let row_bytes = p.spec.dtype.row_bytes(cols as u64).unwrap_or(0) as usize;
+        out.resize(values.len() / cols * row_bytes, 0);
+        encode_rows(p.spec.dtype, values, cols, weights, out);
+    };
+    let chunk_rows = (CHUNK_VALUES / cols).max(1);
+    let mut out = Vec::new();
+    if p.transpose {
+        // A Conv1D weight is read whole (the largest is 4·n_embd² values), then streamed out.
+        let values = view.read_transposed()?;
+        view.release(0..view.numel());
+        for chunk in values.chunks(chunk_rows * cols) {
+            encode(chunk, &mut out);
+            sink(&out)?;
+            consumed(chunk.len() as u64 * elem);
         }
+        return Ok(());
     }
-    out
+    let first = p.source_rows.as_ref().map_or(0, |r| r.start);
+    let mut values = Vec::new();
+    for r0 in (0..rows).step_by(chunk_rows) {
+        let n = chunk_rows.min(rows - r0);
+        let start = (first + r0) * cols;
+        values.resize(n * cols, 0.0);
+        read_chunk(&view, start, &mut values, cols)?;
+        encode(&values, &mut out);
+        sink(&out)?;
+        consumed(values.len() as u64 * elem);
+    }
+    Ok(())
+}
+
+/// Decodes elements `start..start + out.len()` of `view` and releases their pages.
+fn read_chunk(view: &TensorView<'_>, start: usize, out: &mut [f32], cols: usize) -> Result<()> {
+    let read = view.par_read_into(start, out, cols);
+    view.release(start..start + out.len());
+    read
 }
 
 #[cfg(test)]
@@ -459,11 +594,5 @@ mod tests {
         assert_eq!(utc_date(0), "1970-01-01");
         assert_eq!(utc_date(951_782_400), "2000-02-29");
         assert_eq!(utc_date(1_795_824_000), "2026-11-28");
-    }
-
-    #[test]
-    fn transpose_swaps_axes() {
-        let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        assert_eq!(transpose(&m, 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 }

@@ -11,14 +11,9 @@
 
 use std::collections::HashMap;
 
-use gpt2q::format::DType;
-use gpt2q::mmap::ModelFile;
 use gpt2q::model::Model;
 use gpt2q::session::{MatrixInput, Session};
 use gpt2q::{Error, Result};
-
-use crate::checkpoint::Checkpoint;
-use crate::convert::model_bytes;
 
 /// Window length of the calibration pass (capped by the model's context).
 const CALIBRATION_WINDOW: usize = 256;
@@ -36,12 +31,10 @@ impl ColumnImportance {
     }
 
     /// The measured estimate: the mean square of every matrix's input over the first `tokens`
-    /// tokens of `text`, run in windows of 256 through the checkpoint stored in f16 (which
-    /// computes in f32; f16 storage halves the memory of the pass and moves the statistics by
-    /// far less than their sampling noise).
-    pub fn from_activations(ckpt: &Checkpoint, text: &str, tokens: usize) -> Result<Self> {
-        let file = ModelFile::from_bytes(&model_bytes(ckpt, &|_| DType::F16, &Self::uniform())?);
-        let model = Model::load(&file, false)?;
+    /// tokens of `text`, run in windows of 256 through `model` (the converter passes the
+    /// checkpoint stored in f16, which computes in f32; f16 storage halves the memory of the pass
+    /// and moves the statistics by far less than their sampling noise).
+    pub fn from_activations(model: &Model, text: &str, tokens: usize) -> Result<Self> {
         let mut ids = model.tokenizer.encode(text);
         ids.truncate(tokens);
         if ids.len() < 2 {
@@ -51,7 +44,7 @@ impl ColumnImportance {
             )));
         }
         let window = CALIBRATION_WINDOW.min(model.hparams.n_ctx as usize);
-        let mut session = Session::for_scoring(&model, window)?;
+        let mut session = Session::for_scoring(model, window)?;
         let mut sums: HashMap<MatrixInput, (Vec<f64>, usize)> = HashMap::new();
         let mut accumulate = |input: MatrixInput, rows: &[f32]| {
             let cols = match input {

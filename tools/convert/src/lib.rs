@@ -3,6 +3,10 @@
 
 pub mod checkpoint;
 pub mod convert;
+pub mod encode;
 pub mod importance;
+pub mod output;
+pub mod q4_search;
 pub mod safetensors;
 pub mod sensitivity;
+pub mod synthetic;

@@ -3,10 +3,11 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gpt2q_convert::convert::{convert, Options, Quant, Weighting};
+use gpt2q_convert::convert::{convert_with, Event, Options, Quant, Summary, Weighting};
+use gpt2q_convert::output::remove_partials_on_signals;
 use gpt2q_convert::sensitivity::{format_report, tensor_sensitivity, SensitivityOptions};
 
 /// Convert a Hugging Face GPT-2 checkpoint directory (config.json, vocab.json, merges.txt,
@@ -30,9 +31,12 @@ struct Args {
     /// Source name to record in the file (default: the checkpoint's).
     #[arg(long)]
     name: Option<String>,
-    /// Print nothing but errors.
+    /// Print nothing but errors (progress is shown only when stderr is a terminal anyway).
     #[arg(long)]
     quiet: bool,
+    /// Threads that encode rows (default: one per core). The output is the same for any number.
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
     /// Instead of converting, print the tensor-sensitivity report: for each weight matrix, the
     /// KL divergence it causes on this calibration text when it alone is stored in q4.
     #[arg(long, value_name = "TEXT_FILE", conflicts_with = "output")]
@@ -48,7 +52,16 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    remove_partials_on_signals();
+    let result = match args.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n as usize)
+            .build()
+            .map_err(|e| gpt2q::Error::invalid(format!("cannot start {n} threads: {e}")))
+            .and_then(|pool| pool.install(|| run(&args))),
+        None => run(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gpt2q-convert: error: {e}");
@@ -82,27 +95,105 @@ fn run(args: &Args) -> gpt2q::Result<()> {
             .and_then(|s| s.parse().ok()),
         weighting: weighting(args)?,
     };
-    let start = Instant::now();
     let live = !args.quiet && std::io::stderr().is_terminal();
-    let mut progress = |i: usize, n: usize, name: &str| {
-        if live {
-            eprint!("\r\x1b[2K[{:>3}/{n}] {name}", i + 1);
-            let _ = std::io::stderr().flush();
-        }
-    };
-    convert(&args.checkpoint, output, &opts, &mut progress)?;
+    let mut meter = Meter::new(live);
+    let summary = convert_with(&args.checkpoint, output, &opts, &mut |event| {
+        meter.on(event, args.quiet)
+    })?;
+    meter.clear();
     if !args.quiet {
-        let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
-        let clear = if live { "\r\x1b[2K" } else { "" };
-        eprintln!(
-            "{clear}wrote {} ({:.1} MB, {}) in {:.1} s",
-            output.display(),
-            size as f64 / 1e6,
-            opts.quant.name(),
-            start.elapsed().as_secs_f64()
-        );
+        eprintln!("{}", final_line(output, opts.quant, &summary, meter.start));
     }
     Ok(())
+}
+
+/// `wrote OUT (84.1 MB, q4, 5.43 bits/weight) in 3.2 s`.
+fn final_line(output: &Path, quant: Quant, summary: &Summary, start: Instant) -> String {
+    format!(
+        "wrote {} ({:.1} MB, {}, {:.2} bits/weight) in {:.1} s",
+        output.display(),
+        summary.bytes as f64 / 1e6,
+        quant.name(),
+        summary.bits_per_weight(),
+        start.elapsed().as_secs_f64()
+    )
+}
+
+/// The progress line on a terminal: tensor i of n, throughput and time left, redrawn at most
+/// ten times a second.
+struct Meter {
+    live: bool,
+    start: Instant,
+    drawn: Option<Instant>,
+    tensor: String,
+}
+
+impl Meter {
+    fn new(live: bool) -> Self {
+        Meter {
+            live,
+            start: Instant::now(),
+            drawn: None,
+            tensor: String::new(),
+        }
+    }
+
+    fn on(&mut self, event: Event<'_>, quiet: bool) {
+        match event {
+            Event::Tensor { index, count, name } => {
+                self.tensor = format!("[{:>3}/{count}] {name}", index + 1);
+            }
+            Event::Progress { done, total } => self.draw(done, total),
+            Event::RemovedStale(path) if !quiet => {
+                self.clear();
+                eprintln!(
+                    "removed {} (left by an interrupted conversion)",
+                    path.display()
+                );
+            }
+            Event::OtherPartial(path) if !quiet => {
+                self.clear();
+                eprintln!(
+                    "note: {} belongs to a conversion still running; left alone",
+                    path.display()
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn draw(&mut self, done: u64, total: u64) {
+        let now = Instant::now();
+        if !self.live
+            || self
+                .drawn
+                .is_some_and(|t| now - t < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.drawn = Some(now);
+        let secs = (now - self.start).as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let eta = if rate > 0.0 {
+            format!("{:.0} s", total.saturating_sub(done) as f64 / rate)
+        } else {
+            "?".into()
+        };
+        eprint!(
+            "\r\x1b[2K{}  {:.0}/{:.0} MB  {:.0} MB/s  ETA {eta}",
+            self.tensor,
+            done as f64 / 1e6,
+            total as f64 / 1e6,
+            rate / 1e6
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn clear(&mut self) {
+        if self.live && self.drawn.take().is_some() {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 /// The q4 column weighting the flags ask for.

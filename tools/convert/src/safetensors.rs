@@ -75,6 +75,15 @@ impl StDtype {
     pub fn is_float(&self) -> bool {
         !matches!(self, StDtype::Other(_))
     }
+
+    /// Bytes per element of a float dtype (0 for the others, which are never decoded).
+    pub fn float_size(&self) -> usize {
+        match self {
+            StDtype::F32 => 4,
+            StDtype::F16 | StDtype::BF16 => 2,
+            StDtype::Other(_) => 0,
+        }
+    }
 }
 
 impl fmt::Display for StDtype {
@@ -174,6 +183,21 @@ impl SafetensorsFile {
     /// Reads tensor `name` as `f32` values (row-major), decoding little-endian F32, F16 or BF16.
     /// Other dtypes are refused. Non-finite values are returned as they are.
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let (info, bytes) = self.raw(name)?;
+        let mut out = vec![0.0; info.numel()];
+        if !decode_into(bytes, &info.dtype, &mut out) {
+            return Err(Error::format(format!(
+                "{}: tensor {name:?} has dtype {}, expected a float dtype (F32, F16 or BF16)",
+                self.path.display(),
+                info.dtype
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Tensor `name`'s header entry and its stored bytes (still in the file's map: nothing is
+    /// read until the bytes are touched).
+    pub fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         let p = self.path.display();
         let info = self
             .tensors
@@ -186,12 +210,30 @@ impl SafetensorsFile {
                 self.mmap.len()
             ))
         })?;
-        decode_f32(bytes, &info.dtype).ok_or_else(|| {
-            Error::format(format!(
-                "{p}: tensor {name:?} has dtype {}, expected a float dtype (F32, F16 or BF16)",
-                info.dtype
-            ))
-        })
+        Ok((info, bytes))
+    }
+
+    /// Drops the pages holding file bytes `range` from this process's memory once they have
+    /// been read, so a conversion's resident size does not grow with the checkpoint. They are
+    /// read again from the file if touched later. Advice only: failure is ignored.
+    pub fn release(&self, range: Range<usize>) {
+        let (start, end) = (
+            range.start.min(self.mmap.len()),
+            range.end.min(self.mmap.len()),
+        );
+        if start >= end {
+            return;
+        }
+        #[cfg(unix)]
+        // SAFETY: MADV_DONTNEED is "unchecked" because on a private *writable* mapping it
+        // discards modifications. This map is read-only and never written through, so the pages
+        // are only dropped and later re-read from the file unchanged; no reference into the map
+        // is invalidated (the addresses stay mapped). The range lies inside the map (clamped
+        // above); memmap2 aligns its start down to a page.
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
     }
 }
 
@@ -374,29 +416,27 @@ fn check_overlaps(tensors: &BTreeMap<String, TensorInfo>, path: &Path) -> Result
     Ok(())
 }
 
-/// Decodes little-endian `bytes` of a float dtype to `f32`; `None` for a non-float dtype.
-fn decode_f32(bytes: &[u8], dtype: &StDtype) -> Option<Vec<f32>> {
-    let out = match dtype {
-        StDtype::F32 => le_words::<4>(bytes).map(f32::from_le_bytes).collect(),
-        StDtype::F16 => le_words::<2>(bytes)
-            .map(|w| half::f16::from_bits(u16::from_le_bytes(w)).to_f32())
-            .collect(),
-        StDtype::BF16 => le_words::<2>(bytes)
-            .map(|w| half::bf16::from_bits(u16::from_le_bytes(w)).to_f32())
-            .collect(),
-        StDtype::Other(_) => return None,
-    };
-    Some(out)
+/// Decodes little-endian `bytes` of a float dtype into `out` (one value per element; `bytes`
+/// holds exactly `out.len()` elements). Returns false for a non-float dtype.
+pub fn decode_into(bytes: &[u8], dtype: &StDtype, out: &mut [f32]) -> bool {
+    match dtype {
+        StDtype::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        StDtype::F16 => halves_to_f32(bytes, out, |bits| half::f16::from_bits(bits).to_f32()),
+        StDtype::BF16 => halves_to_f32(bytes, out, |bits| half::bf16::from_bits(bits).to_f32()),
+        StDtype::Other(_) => return false,
+    }
+    true
 }
 
-/// Consecutive `N`-byte words of `bytes` (a trailing partial word is ignored; parse-time validation
-/// guarantees there is none).
-fn le_words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-    bytes.chunks_exact(N).map(|chunk| {
-        let mut word = [0u8; N];
-        word.copy_from_slice(chunk);
-        word
-    })
+/// Decodes little-endian 16-bit floats, widened by `widen`.
+fn halves_to_f32(bytes: &[u8], out: &mut [f32], widen: impl Fn(u16) -> f32) {
+    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = widen(u16::from_le_bytes([c[0], c[1]]));
+    }
 }
 
 /// A short description of a JSON value's kind, for error messages.

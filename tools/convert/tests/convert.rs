@@ -375,10 +375,16 @@ fn the_sensitivity_report_ranks_every_matrix() {
 #[test]
 fn calibration_measures_every_matrix_input() {
     use gpt2q_convert::checkpoint::Checkpoint;
-    use gpt2q_convert::importance::ColumnImportance;
     let text = std::fs::read_to_string(fixture().join("../heldout.txt")).unwrap();
     let ckpt = Checkpoint::open(&fixture()).unwrap();
-    let imp = ColumnImportance::from_activations(&ckpt, &text, 300).unwrap();
+    let calib = |text: &str| {
+        Weighting::Activations {
+            text: text.to_string(),
+            tokens: 300,
+        }
+        .importance(&ckpt)
+    };
+    let imp = calib(&text).unwrap();
     let (e, i) = (256, 1024);
     let mut names = vec![("wte.weight".to_string(), e)];
     for l in 0..4 {
@@ -399,6 +405,6 @@ fn calibration_measures_every_matrix_input() {
             .fold((f32::MAX, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
         assert!(hi > 1.5 * lo, "{name}: {lo}..{hi}");
     }
-    let err = ColumnImportance::from_activations(&ckpt, "", 300).unwrap_err();
+    let err = calib("").unwrap_err();
     assert!(err.to_string().contains("at least 2"), "{err}");
 }
