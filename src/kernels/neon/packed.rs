@@ -55,6 +55,9 @@ pub(super) trait PackFormat {
 
 /// How a packed block meets one token's activation block on one CPU.
 pub(super) trait GroupDot {
+    /// Whether the tokens' blocks are loaded through [`load_act`]'s post-incremented pointers
+    /// (fewer instructions with `sdot`; the `smull` kernel, short of registers, measured more).
+    const POINTER_LOADS: bool;
     /// Lanes: rows 0..4's exact `Σ_i w[r][i] · x[i]` over the packed block `q`.
     ///
     /// # Safety
@@ -101,6 +104,7 @@ impl PackFormat for Q4 {
 }
 
 impl GroupDot for Sdot {
+    const POINTER_LOADS: bool = true;
     #[inline(always)]
     unsafe fn block(q: &[int8x16_t; 8], x0: int8x16_t, x1: int8x16_t) -> int32x4_t {
         let mut acc = vdupq_n_s32(0);
@@ -133,6 +137,7 @@ impl GroupDot for Sdot {
 }
 
 impl GroupDot for Mull {
+    const POINTER_LOADS: bool = false;
     #[inline(always)]
     unsafe fn block(q: &[int8x16_t; 8], x0: int8x16_t, x1: int8x16_t) -> int32x4_t {
         // `lo` lanes hold rows 0, 0, 1, 1 and `hi` rows 2, 2, 3, 3.
@@ -234,7 +239,16 @@ unsafe fn chunk<K: GroupDot, const T: usize>(
         let q: [int8x16_t; 8] = std::array::from_fn(|k| vld1q_s8(pb.q[k].as_ptr()));
         let dw = vld1q_f32(pb.d.as_ptr());
         for t in 0..T {
-            let (dx, x0, x1) = load_act(&mut xp[t]);
+            let (dx, x0, x1) = if K::POINTER_LOADS {
+                load_act(&mut xp[t])
+            } else {
+                // SAFETY: every `x[t]` holds at least `packed.len()` blocks, and `xp[t]` has
+                // advanced by one block per packed block.
+                let xb = &*xp[t];
+                xp[t] = xp[t].add(1);
+                let p = xb.qs.as_ptr();
+                (xb.d, vld1q_s8(p), vld1q_s8(p.add(16)))
+            };
             let sums = K::block(&q, x0, x1);
             // Block sums are at most 32 · 128² = 2^19 in magnitude: exact in f32.
             acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(sums), vmulq_n_f32(dw, dx));
