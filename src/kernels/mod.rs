@@ -74,8 +74,9 @@ pub struct Ops {
     /// of `nb` blocks each, `out[r · n + t]` = [`Ops::dot_q8`] of row `r` and token `t` (the
     /// same exact integer block sums; only the float summation order may differ). SIMD tables
     /// compute several rows × tokens per pass so each loaded block serves several products.
-    /// Activation values must lie in `−127..=127`, as [`Ops::quantize_act`] writes them (the
-    /// NEON kernels sum two int8 products in an i16 lane); weights may be any int8.
+    /// Weights and activations must lie in `−127..=127`, as the file format and
+    /// [`Ops::quantize_act`] define them (the AVX2 kernels move signs between the two, the NEON
+    /// kernels sum two int8 products in an i16 lane).
     pub matmul_q8: fn(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]),
     /// [`Ops::matmul_q8`] for q4 weights (each product as [`Ops::dot_q4`]).
     pub matmul_q4: fn(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]),
@@ -681,15 +682,15 @@ mod tests {
     }
 
     #[test]
-    fn integer_tile_sums_are_exact_at_the_activation_range_limits() {
-        // Every weight −128 (which no converter writes, but a file may hold) against ±127, the
-        // widest activations `quantize_act` writes: the largest products, all in one direction.
+    fn integer_tile_sums_are_exact_at_the_range_limits() {
+        // The widest values both sides may hold (q8 weights and activations in −127..=127),
+        // all products of one sign: the NEON kernels sum two of them per i16 lane (32258).
         for (rows, n, nb) in [(5, 1, 3), (6, 3, 2), (9, 6, 3)] {
-            for xq in [127i8, -127] {
+            for (wq, xq) in [(127i8, 127i8), (-127, 127), (-127, -127)] {
                 let w = vec![
                     BlockQ8 {
                         d: f16::ONE,
-                        qs: [-128; QK]
+                        qs: [wq; QK]
                     };
                     rows * nb
                 ];
@@ -703,8 +704,8 @@ mod tests {
                 let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
                 (ops().matmul_q8)(&w, &x, nb, &mut a);
                 scalar::matmul_q8(&w, &x, nb, &mut b);
-                assert_eq!(a, b, "{rows}x{n}x{nb} x={xq}");
-                assert_eq!(b[0], -128.0 * xq as f32 * (QK * nb) as f32);
+                assert_eq!(a, b, "{rows}x{n}x{nb} w={wq} x={xq}");
+                assert_eq!(b[0], wq as f32 * xq as f32 * (QK * nb) as f32);
             }
         }
     }

@@ -218,8 +218,8 @@ impl RowDot for Q8Mull {
     #[inline(always)]
     unsafe fn accumulate(acc: int32x4_t, w: Self::Bytes, x: (int8x16_t, int8x16_t)) -> int32x4_t {
         let (w0, w1) = w;
-        // Two products per i16 lane: |w| ≤ 128 and |q_x| ≤ 127 (activations never hold −128),
-        // so a lane stays within ±32512.
+        // Two products per i16 lane, each at most 128 · 127 (activations never hold −128): a
+        // lane stays within ±32512.
         let lo = vmlal_high_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x.0)), w0, x.0);
         let hi = vmlal_high_s8(vmull_s8(vget_low_s8(w1), vget_low_s8(x.1)), w1, x.1);
         vpadalq_s16(vpadalq_s16(acc, lo), hi)

@@ -146,8 +146,8 @@ impl GroupDot for Mull {
         let group = |k: usize| vreinterpretq_s8_s32(broadcast_lane(x[k / 4], k % 4));
         for k in (0..8).step_by(2) {
             let (g0, g1) = (group(k), group(k + 1));
-            // Two products per i16 lane: |w| ≤ 128 and |q_x| ≤ 127 (activations never hold
-            // −128), so a lane stays within ±32512.
+            // Two products per i16 lane, each at most 128 · 127 (activations never hold −128):
+            // a lane stays within ±32512.
             let l = vmlal_s8(
                 vmull_s8(vget_low_s8(q[k]), vget_low_s8(g0)),
                 vget_low_s8(q[k + 1]),
