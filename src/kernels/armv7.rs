@@ -1,5 +1,6 @@
 //! 32-bit ARM (armv7, e.g. 32-bit Raspberry Pi OS) NEON kernels: activation quantisation and
-//! the q8/q4 tile products, which are nearly all of a token's work. The float entries stay the
+//! the q8/q4 tile products, which are nearly all of a token's work, and the f16 KV cache's
+//! `dot_f16`/`axpy_f16`, whose work grows with the context. The other float entries stay the
 //! [`scalar`](super::scalar) twins.
 //!
 //! Stable Rust has neither 32-bit NEON intrinsics nor `#[target_feature(enable = "neon")]` on
@@ -35,9 +36,12 @@ macro_rules! neon_asm {
 }
 
 mod dot;
+mod float;
 mod quantize;
 
 use std::ffi::c_ulong;
+
+use half::f16;
 
 use super::{KernelPath, Ops};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
@@ -74,8 +78,10 @@ pub(super) fn ops() -> Option<Ops> {
         quantize_act,
         dot_q8,
         dot_q4,
+        dot_f16,
         matmul_q8,
         matmul_q4,
+        axpy_f16,
         ..super::scalar::ops()
     })
 }
@@ -114,6 +120,22 @@ fn dot_q4(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
     }
     // SAFETY: as in `dot_q8`.
     unsafe { dot::row_q4(w.as_ptr(), x.as_ptr(), w.len()) }
+}
+
+/// f16 weights · f32 inputs.
+fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_f16: lengths");
+    debug_assert!(has_neon_vfpv4());
+    // SAFETY: NEON and VFPv4 were detected; the lengths are equal.
+    unsafe { float::dot_f16(w, x) }
+}
+
+/// `acc += s · x` with f16 `x`, bit-identical to the scalar twin.
+fn axpy_f16(acc: &mut [f32], s: f32, x: &[f16]) {
+    assert_eq!(acc.len(), x.len(), "axpy_f16: lengths");
+    debug_assert!(has_neon_vfpv4());
+    // SAFETY: NEON and VFPv4 were detected; the lengths are equal.
+    unsafe { float::axpy_f16(acc, s, x) }
 }
 
 /// Rows × tokens of q8.
@@ -185,7 +207,6 @@ mod tests {
     //! subnormal and all-zero blocks.
     use super::super::scalar;
     use super::*;
-    use half::f16;
 
     /// Deterministic xorshift32.
     struct Rng(u32);
@@ -507,6 +528,114 @@ mod tests {
         }
         let all: Vec<f32> = blocks.concat();
         assert_quantized_like_scalar(&all, "all special blocks");
+    }
+
+    /// Lengths around the 8- and 4-lane steps, and GPT-2's widths up to gpt2-xl's 6400.
+    const FLOAT_LENS: [usize; 12] = [1, 3, 4, 7, 8, 9, 15, 17, 64, 768, 1600, 6400];
+
+    #[test]
+    fn dot_f16_agrees_with_scalar() {
+        if !neon() {
+            return;
+        }
+        let mut rng = Rng(0xdead_f00d);
+        for n in FLOAT_LENS {
+            for scale in [1.0, 1e-3, 300.0] {
+                let w: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.f32() * scale)).collect();
+                let x: Vec<f32> = (0..n).map(|_| rng.f32() * 4.0).collect();
+                let terms: f64 = w
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| (a.to_f64() * *b as f64).abs())
+                    .sum();
+                let (got, want) = (dot_f16(&w, &x), scalar::dot_f16(&w, &x));
+                assert_close(
+                    got,
+                    want,
+                    terms,
+                    false,
+                    &format!("dot_f16 n={n} scale {scale}"),
+                );
+            }
+            // f16 extremes (subnormal, largest) and signed zeros.
+            let special = [
+                f16::from_bits(1),
+                f16::from_bits(0x8200),
+                f16::MAX,
+                f16::MIN,
+                f16::NEG_ZERO,
+            ];
+            let w: Vec<f16> = (0..n).map(|i| special[i % special.len()]).collect();
+            let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+            let terms: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| (a.to_f64() * *b as f64).abs())
+                .sum();
+            assert_close(
+                dot_f16(&w, &x),
+                scalar::dot_f16(&w, &x),
+                terms,
+                false,
+                &format!("dot_f16 n={n} extremes"),
+            );
+            let mut w = w;
+            w[n / 2] = f16::NAN;
+            assert!(
+                dot_f16(&w, &x).is_nan(),
+                "dot_f16 n={n}: NaN must propagate"
+            );
+        }
+        assert_eq!(dot_f16(&[], &[]), 0.0);
+    }
+
+    /// Bit for bit, subnormal products and sums included (VFP, not NEON, does the arithmetic).
+    #[test]
+    fn axpy_f16_matches_scalar_bitwise() {
+        if !neon() {
+            return;
+        }
+        let mut rng = Rng(0x0bad_cafe);
+        for n in FLOAT_LENS {
+            let x: Vec<f16> = (0..n)
+                .map(|i| {
+                    if i % 5 == 0 {
+                        f16::from_bits(i as u16 % 0x400)
+                    } else {
+                        f16::from_f32(rng.f32() * 60.0)
+                    }
+                })
+                .collect();
+            for s in [
+                0.37f32,
+                -1e-3,
+                0.0,
+                -0.0,
+                1e4,
+                1e-36,
+                f32::MIN_POSITIVE / 3.0,
+            ] {
+                let acc0: Vec<f32> = (0..n)
+                    .map(|i| {
+                        if i % 3 == 0 {
+                            f32::MIN_POSITIVE * rng.f32()
+                        } else {
+                            rng.f32() * 50.0
+                        }
+                    })
+                    .collect();
+                let (mut got, mut want) = (acc0.clone(), acc0);
+                axpy_f16(&mut got, s, &x);
+                scalar::axpy_f16(&mut want, s, &x);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "axpy_f16 n={n} s={s} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
