@@ -99,8 +99,12 @@ pub struct Ops {
     pub axpy_f16: fn(acc: &mut [f32], s: f32, x: &[f16]),
 }
 
-/// Constants of the vector `exp` both SIMD instruction sets use (Cephes `expf`).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// Constants of the vector `exp` the SIMD instruction sets use (Cephes `expf`).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", target_os = "linux")
+))]
 mod exp_consts {
     /// Inputs above this give `+inf`. It keeps `n = round(x · log2 e)` at most 127, so `2^n` is
     /// finite; the true `e^x` overflows only above 88.72, so `(88.37, 88.72]` saturates early.

@@ -1,6 +1,14 @@
-//! The f16 KV cache's kernels in NEON `asm!`: the dot product of f16 keys with an f32 query
-//! (`dot_f16`) and the weighted sum of f16 values (`axpy_f16`). Their cost grows with the context,
-//! so at a few hundred tokens they outweigh the matrix products on the scalar path.
+//! Float kernels in NEON `asm!`: GELU, and the f16 KV cache's dot product of f16 keys with an
+//! f32 query (`dot_f16`) and weighted sum of f16 values (`axpy_f16`), whose cost grows with the
+//! context (at a few hundred tokens they outweigh the matrix products on the scalar path).
+//!
+//! GELU is `x / (1 + e^(−2u))`, `u = √(2/π)(x + 0.044715x³)`, as in the aarch64 and AVX2 tables,
+//! with Cephes' `exp` ([`crate::kernels::exp_consts`]): ARMv7 NEON has no round-to-nearest
+//! conversion and no division, so `n = round(y · log2 e)` comes from adding `1.5 · 2²³`, and
+//! `1 / (1 + e)` from `vrecpe` and two Newton steps (`vrecps`). Outside `exp`'s range the
+//! argument is clamped, which leaves GELU's limits intact (`x` for large `x`, `−0` for very
+//! negative `x`, NaN for NaN and `−inf`). NEON reads subnormal inputs as 0, so GELU of a
+//! subnormal `x` is 0 where the scalar twin gives about `x / 2`.
 //!
 //! f16 is widened with `vcvt.f32.f16` (VFPv4; exact, and NEON's flush-to-zero does not apply to
 //! half-precision inputs). `dot_f16` multiplies and adds in NEON, eight lanes per step (within
@@ -9,6 +17,141 @@
 //! adds in VFP scalar instructions, which follow IEEE 754 like the compiled scalar code.
 
 use half::f16;
+
+use crate::kernels::exp_consts::{EXP_HI, EXP_LO, EXP_P, LN2_HI, LN2_LO};
+
+/// GELU's `0.044715`.
+const GELU_C: f32 = 0.044715;
+/// `−2 · √(2/π)`: `e^(−2u)` from `x + 0.044715x³`.
+const GELU_M2K: f32 = -2.0 * 0.797_884_6;
+
+/// The GELU kernel's constants as it loads them: scalars used by lane in d0–d5 (then padding),
+/// then q4 = `1.5 · 2²³`, q5 = `EXP_HI`, q6 = `EXP_LO`, q7 = `1.0`.
+#[repr(C, align(8))]
+struct GeluConsts([f32; 32]);
+
+static GELU_CONSTS: GeluConsts = {
+    let mut c = [0f32; 32];
+    let scalars = [
+        GELU_C,
+        GELU_M2K,
+        std::f32::consts::LOG2_E,
+        LN2_HI,
+        LN2_LO,
+        EXP_P[0],
+        EXP_P[1],
+        EXP_P[2],
+        EXP_P[3],
+        EXP_P[4],
+        EXP_P[5],
+    ];
+    let mut i = 0;
+    while i < scalars.len() {
+        c[i] = scalars[i];
+        i += 1;
+    }
+    let vectors = [12_582_912.0, EXP_HI, EXP_LO, 1.0];
+    let mut v = 0;
+    while v < 4 {
+        let mut lane = 0;
+        while lane < 4 {
+            c[16 + 4 * v + lane] = vectors[v];
+            lane += 1;
+        }
+        v += 1;
+    }
+    GeluConsts(c)
+};
+
+/// GELU (tanh form) of `4 · n4` values in place.
+///
+/// # Safety
+/// The CPU must have NEON and VFPv4; `n4 ≥ 1`; `x` points at `4 · n4` writable floats.
+#[inline]
+unsafe fn gelu_x4(x: *mut f32, n4: usize) {
+    // SAFETY: reads the 128-byte constant table and reads and writes `4 · n4` floats at `x`
+    // (guaranteed by the caller); writes only the declared registers otherwise.
+    neon_asm!(
+        ".fpu neon-vfpv4",
+        "vld1.32 {{d0-d3}}, [{c}]!",
+        "vld1.32 {{d4-d7}}, [{c}]!",
+        "vld1.32 {{d8-d11}}, [{c}]!",
+        "vld1.32 {{d12-d15}}, [{c}]",
+        "2:",
+        "vld1.32 {{d16-d17}}, [{x}]",
+        // y = −2√(2/π) · (x + 0.044715 · x² · x)
+        "vmul.f32 q9, q8, q8",
+        "vmul.f32 q9, q9, d0[0]",
+        "vmov q10, q8",
+        "vfma.f32 q10, q9, q8",
+        "vmul.f32 q10, q10, d0[1]",
+        // e^y: clamp (NaN stays NaN), n = round(y · log2 e) as float (q12) and integer (q11),
+        // r = y − n · ln 2 in two parts.
+        "vmin.f32 q10, q10, q5",
+        "vmax.f32 q10, q10, q6",
+        "vmov q11, q4",
+        "vmla.f32 q11, q10, d1[0]",
+        "vsub.f32 q12, q11, q4",
+        "vsub.i32 q11, q11, q4",
+        "vmls.f32 q10, q12, d1[1]",
+        "vmls.f32 q10, q12, d2[0]",
+        // p = P(r) by Horner, then e^r = 1 + r + r² · p.
+        "vdup.32 q13, d3[0]",
+        "vmla.f32 q13, q10, d2[1]",
+        "vdup.32 q14, d3[1]",
+        "vmla.f32 q14, q13, q10",
+        "vdup.32 q13, d4[0]",
+        "vmla.f32 q13, q14, q10",
+        "vdup.32 q14, d4[1]",
+        "vmla.f32 q14, q13, q10",
+        "vdup.32 q13, d5[0]",
+        "vmla.f32 q13, q14, q10",
+        "vmul.f32 q14, q10, q10",
+        "vadd.f32 q15, q10, q7",
+        "vmla.f32 q15, q13, q14",
+        // · 2^n: (n << 23) + the bits of 1.0 are the bits of 2^n (n is in −126..=127).
+        "vshl.i32 q11, q11, #23",
+        "vadd.i32 q11, q11, q7",
+        "vmul.f32 q15, q15, q11",
+        // x · 1 / (1 + e^y)
+        "vadd.f32 q15, q15, q7",
+        "vrecpe.f32 q12, q15",
+        "vrecps.f32 q13, q15, q12",
+        "vmul.f32 q12, q12, q13",
+        "vrecps.f32 q13, q15, q12",
+        "vmul.f32 q12, q12, q13",
+        "vmul.f32 q8, q8, q12",
+        "vst1.32 {{d16-d17}}, [{x}]!",
+        "subs {n}, {n}, #1",
+        "bne 2b",
+        x = inout(reg) x => _,
+        n = inout(reg) n4 => _,
+        c = inout(reg) GELU_CONSTS.0.as_ptr() => _,
+        out("d0") _, out("d1") _,
+        options(nostack),
+    );
+}
+
+/// GELU (tanh form) in place.
+///
+/// # Safety
+/// The CPU must have NEON and VFPv4.
+pub(super) unsafe fn gelu_tanh(x: &mut [f32]) {
+    let head = x.len() / 4 * 4;
+    if head > 0 {
+        // SAFETY: `x` holds `head` floats; NEON/VFPv4 per the caller.
+        gelu_x4(x.as_mut_ptr(), head / 4);
+    }
+    let tail = &mut x[head..];
+    if !tail.is_empty() {
+        // The last 1..3 values through one zero-padded vector.
+        let mut buf = [0f32; 4];
+        buf[..tail.len()].copy_from_slice(tail);
+        // SAFETY: `buf` holds 4 floats.
+        gelu_x4(buf.as_mut_ptr(), 1);
+        tail.copy_from_slice(&buf[..tail.len()]);
+    }
+}
 
 /// `Σ w[i] · x[i]` over `8 · n8` values, eight lanes at a time.
 ///
