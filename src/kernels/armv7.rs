@@ -291,13 +291,16 @@ mod tests {
             .sum()
     }
 
-    fn q8_codes(w: &[BlockQ8]) -> (Vec<f32>, Vec<[i32; QK]>) {
+    /// Per block of one row: the scale as f32 and the 32 integer codes (q4 with its offset).
+    type Codes = (Vec<f32>, Vec<[i32; QK]>);
+
+    fn q8_codes(w: &[BlockQ8]) -> Codes {
         w.iter()
             .map(|b| (b.d.to_f32(), b.qs.map(|q| q as i32)))
             .unzip()
     }
 
-    fn q4_codes(w: &[BlockQ4]) -> (Vec<f32>, Vec<[i32; QK]>) {
+    fn q4_codes(w: &[BlockQ4]) -> Codes {
         w.iter()
             .map(|b| {
                 let q = std::array::from_fn(|i| b.nibble(i) as i32 - 8);
@@ -330,7 +333,7 @@ mod tests {
         matmul: fn(&[W], &[BlockQ8Act], usize, &mut [f32]),
         matmul_ref: fn(&[W], &[BlockQ8Act], usize, &mut [f32]),
         dot: fn(&[W], &[BlockQ8Act]) -> f32,
-        codes: fn(&[W]) -> (Vec<f32>, Vec<[i32; QK]>),
+        codes: fn(&[W]) -> Codes,
     ) {
         let (rows, n) = (w.len() / nb, x.len() / nb);
         let (mut got, mut want) = (vec![f32::NAN; rows * n], vec![0f32; rows * n]);
