@@ -41,6 +41,6 @@ cargo_test --lib --test kernels --test loader --test chat
 cargo_test --test reference -- f32_matches_transformers_logits_and_top10 q8_perplexity_within_0_5_percent
 echo "== armv7 kernel tests: Cortex-A15 (NEON), Cortex-A8 (scalar fallback), GPT2Q_KERNELS=scalar =="
 for cpu in cortex-a15 cortex-a8; do
-  QEMU_CPU=$cpu GPT2Q_EXPECT_CPU=$cpu cargo_test --lib --test kernels -- kernels:: dispatch
+  QEMU_CPU=$cpu GPT2Q_EXPECT_CPU=$cpu cargo_test --lib --test kernels -- kernels:: dispatch_picks
 done
-GPT2Q_KERNELS=scalar cargo_test --test kernels
+GPT2Q_KERNELS=scalar cargo_test --test kernels -- dispatch_picks
