@@ -20,7 +20,9 @@
 /// them; each kernel names `d0`/`d1` itself (as outputs `s0`–`s3` or clobbers). The registers are
 /// named one by one: this target's compiler has no `neon` feature, so it silently ignores clobbers
 /// of `q` registers, and `clobber_abi` would not allow the kernels' generic register operands.
-/// The template must switch the assembler to NEON itself (`.fpu neon` or `.fpu neon-vfpv4`).
+/// The template switches the assembler to NEON itself (`.fpu neon` or `.fpu neon-vfpv4`) and
+/// back at its end (`.fpu vfpv3`), so that the object's build attributes keep naming the target's
+/// baseline (no NEON) rather than the last kernel's instruction set.
 macro_rules! neon_asm {
     ($($body:tt)*) => {
         std::arch::asm!(
