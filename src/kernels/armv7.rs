@@ -7,9 +7,9 @@
 //!
 //! Stable Rust has neither 32-bit NEON intrinsics nor `#[target_feature(enable = "neon")]` on
 //! this architecture (both unstable as of Rust 1.95), and the `armv7-unknown-linux-gnueabihf`
-//! baseline has no NEON, so the kernels are `asm!` loops ([`dot`], [`quantize`]) that switch the
-//! assembler to NEON themselves. [`ops`] hands them out only when the kernel reports NEON and
-//! VFPv4 (whose half-precision conversion widens the f16 block scales) in `AT_HWCAP`: true of
+//! baseline has no NEON, so the kernels are `asm!` loops ([`dot`], [`quantize`], [`float`]) that
+//! switch the assembler to NEON themselves. [`ops`] hands them out only when the kernel reports
+//! NEON and VFPv4 (whose half-precision conversion widens f16 scales and values) in `AT_HWCAP`:
 //! every Raspberry Pi since the Pi 2 (Cortex-A7, A53, A72, A76 in 32-bit mode); a CPU without
 //! them keeps the scalar table.
 //!
