@@ -154,31 +154,43 @@ fn gelu_tanh(x: &mut [f32]) {
 fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     debug_assert!(has_neon_vfpv4());
+    let kernels = RowKernels {
+        rows4x2: dot::rows4x2_q8,
+        rows4: dot::rows4_q8,
+        row1: dot::row_q8,
+    };
     // SAFETY: NEON and VFPv4 were detected; `tile_shape` checked `nb ≥ 1`, `w` holds
     // `rows · nb` blocks, `x` holds `n · nb` and `out` holds `rows · n`.
-    unsafe { matmul_rows(w, x, nb, rows, n, out, dot::rows4_q8, dot::row_q8) }
+    unsafe { matmul_rows(w, x, nb, rows, n, out, kernels) }
 }
 
 /// Rows × tokens of q4.
 fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     debug_assert!(has_neon_vfpv4());
+    let kernels = RowKernels {
+        rows4x2: dot::rows4x2_q4,
+        rows4: dot::rows4_q4,
+        row1: dot::row_q4,
+    };
     // SAFETY: as in `matmul_q8`.
-    unsafe { matmul_rows(w, x, nb, rows, n, out, dot::rows4_q4, dot::row_q4) }
+    unsafe { matmul_rows(w, x, nb, rows, n, out, kernels) }
 }
 
-/// A four-row kernel of [`dot`].
-type Rows4<W> = unsafe fn([*const W; 4], *const BlockQ8Act, usize) -> [f32; 4];
-/// A one-row kernel of [`dot`].
-type Row1<W> = unsafe fn(*const W, *const BlockQ8Act, usize) -> f32;
+/// One weight format's kernels of [`dot`]: four rows by two tokens, four rows by one, one by one.
+struct RowKernels<W> {
+    rows4x2: unsafe fn([*const W; 4], [*const BlockQ8Act; 2], usize) -> [[f32; 4]; 2],
+    rows4: unsafe fn([*const W; 4], *const BlockQ8Act, usize) -> [f32; 4],
+    row1: unsafe fn(*const W, *const BlockQ8Act, usize) -> f32,
+}
 
-/// `out[r · n + t]` = row `r` of `w` · token `t` of `x`: four rows at a time against every token
-/// in turn (the rows stay in L1 while the tokens stream past), the last `rows % 4` one at a time.
+/// `out[r · n + t]` = row `r` of `w` · token `t` of `x`: four rows at a time against the tokens
+/// two at a time (the rows stay in L1 while the tokens stream past; an odd last token alone),
+/// the last `rows % 4` rows one at a time.
 ///
 /// # Safety
 /// The CPU must have NEON and VFPv4; `nb ≥ 1`, `w.len() == rows · nb`, `x.len() == n · nb`,
 /// `out.len() == rows · n`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn matmul_rows<W>(
     w: &[W],
@@ -187,26 +199,36 @@ unsafe fn matmul_rows<W>(
     rows: usize,
     n: usize,
     out: &mut [f32],
-    rows4: Rows4<W>,
-    row1: Row1<W>,
+    k: RowKernels<W>,
 ) {
     let row = |r: usize| w[r * nb..].as_ptr();
     let tok = |t: usize| x[t * nb..].as_ptr();
     let quads = rows / 4 * 4;
+    let pairs = n / 2 * 2;
     for r0 in (0..quads).step_by(4) {
         let ws = [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)];
-        for t in 0..n {
-            // SAFETY: rows r0..r0 + 4 and token t each hold `nb` blocks (the caller's shapes).
-            let y = rows4(ws, tok(t), nb);
+        for t in (0..pairs).step_by(2) {
+            // SAFETY: rows r0..r0 + 4 and tokens t, t + 1 each hold `nb` blocks (the caller's
+            // shapes).
+            let y = (k.rows4x2)(ws, [tok(t), tok(t + 1)], nb);
+            for (dt, yt) in y.into_iter().enumerate() {
+                for (i, v) in yt.into_iter().enumerate() {
+                    out[(r0 + i) * n + t + dt] = v;
+                }
+            }
+        }
+        if pairs < n {
+            // SAFETY: as above, for the last token.
+            let y = (k.rows4)(ws, tok(n - 1), nb);
             for (i, v) in y.into_iter().enumerate() {
-                out[(r0 + i) * n + t] = v;
+                out[(r0 + i) * n + n - 1] = v;
             }
         }
     }
     for r in quads..rows {
         for t in 0..n {
             // SAFETY: as above, for one row.
-            out[r * n + t] = row1(row(r), tok(t), nb);
+            out[r * n + t] = (k.row1)(row(r), tok(t), nb);
         }
     }
 }

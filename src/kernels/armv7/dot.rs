@@ -6,7 +6,8 @@
 //! exact; then one float multiply-add of `d_w · d_x · sum` per block. The four-row kernels share
 //! each activation block's load among four weight rows and reduce the rows' lanes with `vpadd`
 //! into one vector, so the scales of four rows are converted (`vcvt.f32.f16`, VFPv4) and applied
-//! at once.
+//! at once; for a batch, the four-row-by-two-token kernels also share each weight block (and its
+//! q4 unpacking) between two tokens.
 //!
 //! Exactness of q8: two products share an int16 lane, which holds every sum of two int8 products
 //! except `(−128)·(−128) + (−128)·(−128)`. Activations come from `quantize_act`, whose codes are
@@ -206,6 +207,258 @@ pub(super) unsafe fn rows4_q4(w: [*const BlockQ4; 4], x: *const BlockQ8Act, nb: 
         options(pure, readonly, nostack),
     );
     [r0, r1, r2, r3]
+}
+
+/// Four q8 rows against two tokens: `out[t][i] = Σ_b d_w[i][b] · d_x[t][b] · Σ_k q_w[i][b][k] · q_x[t][b][k]`.
+/// Every weight block serves both tokens, so prefill loads (and unpacks) each once per pair.
+///
+/// # Safety
+/// The CPU must have NEON and VFPv4; `nb ≥ 1`; each of `w`, `x[0]` and `x[1]` points at `nb`
+/// readable consecutive blocks.
+#[inline]
+pub(super) unsafe fn rows4x2_q8(
+    w: [*const BlockQ8; 4],
+    x: [*const BlockQ8Act; 2],
+    nb: usize,
+) -> [[f32; 4]; 2] {
+    let mut out = [[0f32; 4]; 2];
+    // SAFETY: as in `rows4_q8`, with two activation rows; writes the 32 bytes of `out`.
+    neon_asm!(
+        ".fpu neon-vfpv4",
+        "vmov.i32 q0, #0",
+        "vmov.i32 q1, #0",
+        "2:",
+        // d5 = (d_x of token 0, of token 1), d4[i] = d_w of row i; d20-d27 = the two tokens'
+        // codes; each row is loaded into q8:q9 and meets both tokens.
+        // Row i's sums with token t are pairwise-added into d(8 + 4t + i).
+        "vld1.32 {{d5[0]}}, [{x0}]!",
+        "vld1.8 {{d20-d23}}, [{x0}]!",
+        "vld1.32 {{d5[1]}}, [{x1}]!",
+        "vld1.8 {{d24-d27}}, [{x1}]!",
+        "vld1.16 {{d4[0]}}, [{w0}]!",
+        "vld1.8 {{d16-d19}}, [{w0}]!",
+        "vmull.s8 q14, d16, d20",
+        "vmlal.s8 q14, d17, d21",
+        "vmull.s8 q15, d18, d22",
+        "vmlal.s8 q15, d19, d23",
+        "vpaddl.s16 q3, q14",
+        "vpadal.s16 q3, q15",
+        "vpadd.i32 d8, d6, d7",
+        "vmull.s8 q14, d16, d24",
+        "vmlal.s8 q14, d17, d25",
+        "vmull.s8 q15, d18, d26",
+        "vmlal.s8 q15, d19, d27",
+        "vpaddl.s16 q3, q14",
+        "vpadal.s16 q3, q15",
+        "vpadd.i32 d12, d6, d7",
+        "vld1.16 {{d4[1]}}, [{w1}]!",
+        "vld1.8 {{d16-d19}}, [{w1}]!",
+        "vmull.s8 q14, d16, d20",
+        "vmlal.s8 q14, d17, d21",
+        "vmull.s8 q15, d18, d22",
+        "vmlal.s8 q15, d19, d23",
+        "vpaddl.s16 q3, q14",
+        "vpadal.s16 q3, q15",
+        "vpadd.i32 d9, d6, d7",
+        "vmull.s8 q14, d16, d24",
+        "vmlal.s8 q14, d17, d25",
+        "vmull.s8 q15, d18, d26",
+        "vmlal.s8 q15, d19, d27",
+        "vpaddl.s16 q3, q14",
+        "vpadal.s16 q3, q15",
+        "vpadd.i32 d13, d6, d7",
+        "vld1.16 {{d4[2]}}, [{w2}]!",
+        "vld1.8 {{d16-d19}}, [{w2}]!",
+        "vmull.s8 q14, d16, d20",
+        "vmlal.s8 q14, d17, d21",
+        "vmull.s8 q15, d18, d22",
+        "vmlal.s8 q15, d19, d23",
+        "vpaddl.s16 q3, q14",
+        "vpadal.s16 q3, q15",
+        "vpadd.i32 d10, d6, d7",
+        "vmull.s8 q14, d16, d24",
+        "vmlal.s8 q14, d17, d25",
+        "vmull.s8 q15, d18, d26",
+        "vmlal.s8 q15, d19, d27",
+        "vpaddl.s16 q3, q14",
+        "vpadal.s16 q3, q15",
+        "vpadd.i32 d14, d6, d7",
+        "vld1.16 {{d4[3]}}, [{w3}]!",
+        "vld1.8 {{d16-d19}}, [{w3}]!",
+        "vmull.s8 q14, d16, d20",
+        "vmlal.s8 q14, d17, d21",
+        "vmull.s8 q15, d18, d22",
+        "vmlal.s8 q15, d19, d23",
+        "vpaddl.s16 q3, q14",
+        "vpadal.s16 q3, q15",
+        "vpadd.i32 d11, d6, d7",
+        "vmull.s8 q14, d16, d24",
+        "vmlal.s8 q14, d17, d25",
+        "vmull.s8 q15, d18, d26",
+        "vmlal.s8 q15, d19, d27",
+        "vpaddl.s16 q3, q14",
+        "vpadal.s16 q3, q15",
+        "vpadd.i32 d15, d6, d7",
+        // q4 = token 0's four row sums, q5 = token 1's.
+        "vpadd.i32 d8, d8, d9",
+        "vpadd.i32 d9, d10, d11",
+        "vpadd.i32 d10, d12, d13",
+        "vpadd.i32 d11, d14, d15",
+        "vcvt.f32.s32 q4, q4",
+        "vcvt.f32.s32 q5, q5",
+        "vcvt.f32.f16 q3, d4",
+        "vmul.f32 q6, q3, d5[0]",
+        "vmul.f32 q7, q3, d5[1]",
+        "vmla.f32 q0, q4, q6",
+        "vmla.f32 q1, q5, q7",
+        "subs {n}, {n}, #1",
+        "bne 2b",
+        "vst1.32 {{d0-d3}}, [{out}]",
+        ".fpu vfpv3",
+        x0 = inout(reg) x[0] => _,
+        x1 = inout(reg) x[1] => _,
+        w0 = inout(reg) w[0] => _,
+        w1 = inout(reg) w[1] => _,
+        w2 = inout(reg) w[2] => _,
+        w3 = inout(reg) w[3] => _,
+        n = inout(reg) nb => _,
+        out = in(reg) out.as_mut_ptr(),
+        out("d0") _, out("d1") _,
+        options(nostack),
+    );
+    out
+}
+
+/// Four q4 rows against two tokens: `out[t][i] = Σ_b d_w[i][b] · d_x[t][b] · Σ_k (q_w[i][b][k] − 8) · q_x[t][b][k]`.
+/// Every weight block serves both tokens, so prefill loads (and unpacks) each once per pair.
+///
+/// # Safety
+/// The CPU must have NEON and VFPv4; `nb ≥ 1`; each of `w`, `x[0]` and `x[1]` points at `nb`
+/// readable consecutive blocks.
+#[inline]
+pub(super) unsafe fn rows4x2_q4(
+    w: [*const BlockQ4; 4],
+    x: [*const BlockQ8Act; 2],
+    nb: usize,
+) -> [[f32; 4]; 2] {
+    let mut out = [[0f32; 4]; 2];
+    // SAFETY: as in `rows4_q4`, with two activation rows; writes the 32 bytes of `out`.
+    neon_asm!(
+        ".fpu neon-vfpv4",
+        "vmov.i32 q0, #0",
+        "vmov.i32 q1, #0",
+        // (byte ^ 0x88) holds both nibbles as signed 4-bit `q − 8`: an arithmetic shift right
+        // extends the high one, a shift left and back the low one.
+        "vmov.i8 q15, #0x88",
+        "2:",
+        // d5 = (d_x of token 0, of token 1), d4[i] = d_w of row i; d20-d27 = the two tokens'
+        // codes; each row's nibbles are unpacked into q9 (elements 0..16) and q8 (16..32) and
+        // meet both tokens.
+        // Row i's sums with token t are pairwise-added into d(8 + 4t + i).
+        "vld1.32 {{d5[0]}}, [{x0}]!",
+        "vld1.8 {{d20-d23}}, [{x0}]!",
+        "vld1.32 {{d5[1]}}, [{x1}]!",
+        "vld1.8 {{d24-d27}}, [{x1}]!",
+        "vld1.16 {{d4[0]}}, [{w0}]!",
+        "vld1.8 {{d16-d17}}, [{w0}]!",
+        "veor q8, q8, q15",
+        "vshl.i8 q9, q8, #4",
+        "vshr.s8 q9, q9, #4",
+        "vshr.s8 q8, q8, #4",
+        "vmull.s8 q14, d18, d20",
+        "vmlal.s8 q14, d19, d21",
+        "vmlal.s8 q14, d16, d22",
+        "vmlal.s8 q14, d17, d23",
+        "vpaddl.s16 q3, q14",
+        "vpadd.i32 d8, d6, d7",
+        "vmull.s8 q14, d18, d24",
+        "vmlal.s8 q14, d19, d25",
+        "vmlal.s8 q14, d16, d26",
+        "vmlal.s8 q14, d17, d27",
+        "vpaddl.s16 q3, q14",
+        "vpadd.i32 d12, d6, d7",
+        "vld1.16 {{d4[1]}}, [{w1}]!",
+        "vld1.8 {{d16-d17}}, [{w1}]!",
+        "veor q8, q8, q15",
+        "vshl.i8 q9, q8, #4",
+        "vshr.s8 q9, q9, #4",
+        "vshr.s8 q8, q8, #4",
+        "vmull.s8 q14, d18, d20",
+        "vmlal.s8 q14, d19, d21",
+        "vmlal.s8 q14, d16, d22",
+        "vmlal.s8 q14, d17, d23",
+        "vpaddl.s16 q3, q14",
+        "vpadd.i32 d9, d6, d7",
+        "vmull.s8 q14, d18, d24",
+        "vmlal.s8 q14, d19, d25",
+        "vmlal.s8 q14, d16, d26",
+        "vmlal.s8 q14, d17, d27",
+        "vpaddl.s16 q3, q14",
+        "vpadd.i32 d13, d6, d7",
+        "vld1.16 {{d4[2]}}, [{w2}]!",
+        "vld1.8 {{d16-d17}}, [{w2}]!",
+        "veor q8, q8, q15",
+        "vshl.i8 q9, q8, #4",
+        "vshr.s8 q9, q9, #4",
+        "vshr.s8 q8, q8, #4",
+        "vmull.s8 q14, d18, d20",
+        "vmlal.s8 q14, d19, d21",
+        "vmlal.s8 q14, d16, d22",
+        "vmlal.s8 q14, d17, d23",
+        "vpaddl.s16 q3, q14",
+        "vpadd.i32 d10, d6, d7",
+        "vmull.s8 q14, d18, d24",
+        "vmlal.s8 q14, d19, d25",
+        "vmlal.s8 q14, d16, d26",
+        "vmlal.s8 q14, d17, d27",
+        "vpaddl.s16 q3, q14",
+        "vpadd.i32 d14, d6, d7",
+        "vld1.16 {{d4[3]}}, [{w3}]!",
+        "vld1.8 {{d16-d17}}, [{w3}]!",
+        "veor q8, q8, q15",
+        "vshl.i8 q9, q8, #4",
+        "vshr.s8 q9, q9, #4",
+        "vshr.s8 q8, q8, #4",
+        "vmull.s8 q14, d18, d20",
+        "vmlal.s8 q14, d19, d21",
+        "vmlal.s8 q14, d16, d22",
+        "vmlal.s8 q14, d17, d23",
+        "vpaddl.s16 q3, q14",
+        "vpadd.i32 d11, d6, d7",
+        "vmull.s8 q14, d18, d24",
+        "vmlal.s8 q14, d19, d25",
+        "vmlal.s8 q14, d16, d26",
+        "vmlal.s8 q14, d17, d27",
+        "vpaddl.s16 q3, q14",
+        "vpadd.i32 d15, d6, d7",
+        // q4 = token 0's four row sums, q5 = token 1's.
+        "vpadd.i32 d8, d8, d9",
+        "vpadd.i32 d9, d10, d11",
+        "vpadd.i32 d10, d12, d13",
+        "vpadd.i32 d11, d14, d15",
+        "vcvt.f32.s32 q4, q4",
+        "vcvt.f32.s32 q5, q5",
+        "vcvt.f32.f16 q3, d4",
+        "vmul.f32 q6, q3, d5[0]",
+        "vmul.f32 q7, q3, d5[1]",
+        "vmla.f32 q0, q4, q6",
+        "vmla.f32 q1, q5, q7",
+        "subs {n}, {n}, #1",
+        "bne 2b",
+        "vst1.32 {{d0-d3}}, [{out}]",
+        ".fpu vfpv3",
+        x0 = inout(reg) x[0] => _,
+        x1 = inout(reg) x[1] => _,
+        w0 = inout(reg) w[0] => _,
+        w1 = inout(reg) w[1] => _,
+        w2 = inout(reg) w[2] => _,
+        w3 = inout(reg) w[3] => _,
+        n = inout(reg) nb => _,
+        out = in(reg) out.as_mut_ptr(),
+        out("d0") _, out("d1") _,
+        options(nostack),
+    );
+    out
 }
 
 /// One q8 row against one token: `Σ_b d_w[b] · d_x[b] · Σ_k q_w[b][k] · q_x[b][k]`.
