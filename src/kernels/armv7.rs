@@ -201,34 +201,41 @@ unsafe fn matmul_rows<W>(
     out: &mut [f32],
     k: RowKernels<W>,
 ) {
-    let row = |r: usize| w[r * nb..].as_ptr();
-    let tok = |t: usize| x[t * nb..].as_ptr();
+    if n == 0 {
+        return;
+    }
     let quads = rows / 4 * 4;
-    let pairs = n / 2 * 2;
-    for r0 in (0..quads).step_by(4) {
-        let ws = [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)];
-        for t in (0..pairs).step_by(2) {
-            // SAFETY: rows r0..r0 + 4 and tokens t, t + 1 each hold `nb` blocks (the caller's
-            // shapes).
+    let (w4, w1) = w.split_at(quads * nb);
+    let (out4, out1) = out.split_at_mut(quads * n);
+    let tok = |t: usize| x[t * nb..].as_ptr();
+    for (wg, og) in w4.chunks_exact(4 * nb).zip(out4.chunks_exact_mut(4 * n)) {
+        let ws = [0, 1, 2, 3].map(|i| wg[i * nb..].as_ptr());
+        if n == 1 {
+            // Decode: the four outputs are contiguous.
+            // SAFETY: the four rows and the token each hold `nb` blocks (the caller's shapes).
+            og.copy_from_slice(&(k.rows4)(ws, x.as_ptr(), nb));
+            continue;
+        }
+        for t in (0..n - 1).step_by(2) {
+            // SAFETY: as above, for tokens t and t + 1.
             let y = (k.rows4x2)(ws, [tok(t), tok(t + 1)], nb);
-            for (dt, yt) in y.into_iter().enumerate() {
-                for (i, v) in yt.into_iter().enumerate() {
-                    out[(r0 + i) * n + t + dt] = v;
-                }
+            for (i, o) in og.chunks_exact_mut(n).enumerate() {
+                o[t] = y[0][i];
+                o[t + 1] = y[1][i];
             }
         }
-        if pairs < n {
+        if n % 2 == 1 {
             // SAFETY: as above, for the last token.
             let y = (k.rows4)(ws, tok(n - 1), nb);
-            for (i, v) in y.into_iter().enumerate() {
-                out[(r0 + i) * n + n - 1] = v;
+            for (o, v) in og.chunks_exact_mut(n).zip(y) {
+                o[n - 1] = v;
             }
         }
     }
-    for r in quads..rows {
-        for t in 0..n {
+    for (row, o) in w1.chunks_exact(nb).zip(out1.chunks_exact_mut(n)) {
+        for (t, y) in o.iter_mut().enumerate() {
             // SAFETY: as above, for one row.
-            out[r * n + t] = (k.row1)(row(r), tok(t), nb);
+            *y = (k.row1)(row.as_ptr(), tok(t), nb);
         }
     }
 }
