@@ -177,9 +177,12 @@ fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
     unsafe { matmul_rows(w, x, nb, rows, n, out, kernels) }
 }
 
+/// A four-row-by-two-token kernel of [`dot`].
+type Rows4x2<W> = unsafe fn([*const W; 4], [*const BlockQ8Act; 2], usize) -> [[f32; 4]; 2];
+
 /// One weight format's kernels of [`dot`]: four rows by two tokens, four rows by one, one by one.
 struct RowKernels<W> {
-    rows4x2: unsafe fn([*const W; 4], [*const BlockQ8Act; 2], usize) -> [[f32; 4]; 2],
+    rows4x2: Rows4x2<W>,
     rows4: unsafe fn([*const W; 4], *const BlockQ8Act, usize) -> [f32; 4],
     row1: unsafe fn(*const W, *const BlockQ8Act, usize) -> f32,
 }
