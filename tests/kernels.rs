@@ -30,6 +30,14 @@ fn dispatch_picks_the_expected_path() {
         Ok("cortex-a76") => assert_eq!(path, KernelPath::NeonDotprod),
         _ => assert!(matches!(path, KernelPath::Neon | KernelPath::NeonDotprod)),
     }
+    #[cfg(target_arch = "arm")]
+    match std::env::var("GPT2Q_EXPECT_CPU").as_deref() {
+        // NEON with VFPv4 (Cortex-A7 of the Pi 2, A53 of the Pi 3 and Zero 2 W in 32-bit mode).
+        Ok("cortex-a7" | "cortex-a15") => assert_eq!(path, KernelPath::Armv7Neon),
+        // NEON without VFPv4's half-precision conversions: the scalar fallback.
+        Ok("cortex-a8" | "cortex-a9") => assert_eq!(path, KernelPath::Scalar),
+        _ => assert!(matches!(path, KernelPath::Armv7Neon | KernelPath::Scalar)),
+    }
 }
 
 fn random(n: usize, seed: u32) -> Vec<f32> {

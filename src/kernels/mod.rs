@@ -1,8 +1,9 @@
 //! Numeric kernels: the one dispatch point for every operation of the forward pass.
 //!
 //! At first use, [`path`] detects the CPU once (`is_x86_feature_detected!` /
-//! `is_aarch64_feature_detected!`) and picks a table of [`Ops`]: AVX2+FMA+F16C on x86-64,
-//! NEON (plus `dotprod` where present) on aarch64, else the portable [`scalar`] twins. Setting
+//! `is_aarch64_feature_detected!`, `AT_HWCAP` on 32-bit ARM) and picks a table of [`Ops`]:
+//! AVX2+FMA+F16C on x86-64, NEON (plus `dotprod` where present) on aarch64, NEON with VFPv4 on
+//! 32-bit ARM, else the portable [`scalar`] twins. Setting
 //! `GPT2Q_KERNELS=scalar` forces the scalar table, for comparison. Everything above this module
 //! calls the safe functions here; they check lengths with real asserts (a mismatch is a bug in the
 //! model code, never user input).
@@ -11,6 +12,8 @@
 //! integer products summed per block, one float multiply per block, as ggml pairs q4_0/q8_0 with
 //! q8_0. f16 and f32 weights take float dot products.
 
+#[cfg(all(target_arch = "arm", target_os = "linux"))]
+mod armv7;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "aarch64")]
@@ -38,6 +41,8 @@ pub enum KernelPath {
     Neon,
     /// aarch64 NEON with the ARMv8.2 `sdot` instruction (e.g. Cortex-A76 in the Raspberry Pi 5).
     NeonDotprod,
+    /// 32-bit ARM NEON with VFPv4 (armv7 builds, e.g. 32-bit Raspberry Pi OS on a Cortex-A53).
+    Armv7Neon,
 }
 
 impl KernelPath {
@@ -49,6 +54,7 @@ impl KernelPath {
             KernelPath::Avx512Vnni => "avx512-vnni",
             KernelPath::Neon => "neon",
             KernelPath::NeonDotprod => "neon-dotprod",
+            KernelPath::Armv7Neon => "armv7-neon",
         }
     }
 }
@@ -96,8 +102,12 @@ pub struct Ops {
     pub axpy_f16: fn(acc: &mut [f32], s: f32, x: &[f16]),
 }
 
-/// Constants of the vector `exp` both SIMD instruction sets use (Cephes `expf`).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// Constants of the vector `exp` the SIMD instruction sets use (Cephes `expf`).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", target_os = "linux")
+))]
 mod exp_consts {
     /// Inputs above this give `+inf`. It keeps `n = round(x · log2 e)` at most 127, so `2^n` is
     /// finite; the true `e^x` overflows only above 88.72, so `(88.37, 88.72]` saturates early.
@@ -171,7 +181,17 @@ fn detect() -> Ops {
     neon::ops()
 }
 
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(target_arch = "arm", target_os = "linux"))]
+fn detect() -> Ops {
+    // NEON is optional on 32-bit ARM: armv7::ops checks `AT_HWCAP` for NEON and VFPv4.
+    armv7::ops().unwrap_or_else(scalar::ops)
+}
+
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "arm", target_os = "linux")
+)))]
 fn detect() -> Ops {
     scalar::ops()
 }
