@@ -36,7 +36,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/armv7"
 cargo_test() { cargo test --release -p gpt2q --target "$target" "$@"; }
 echo "== armv7 tests under qemu-arm, Cortex-A7 (armv7 NEON kernels) =="
 export QEMU_CPU=cortex-a7 GPT2Q_EXPECT_CPU=cortex-a7
-cargo_test --lib --test kernels --test loader --test chat
+cargo_test --lib --bins --test kernels --test loader --test chat
 # Two golden tests: f32 logits against transformers, and the q8 (int8 kernels) perplexity.
 cargo_test --test reference -- f32_matches_transformers_logits_and_top10 q8_perplexity_within_0_5_percent
 echo "== armv7 kernel tests: Cortex-A15 (NEON), Cortex-A8 (scalar fallback), GPT2Q_KERNELS=scalar =="
