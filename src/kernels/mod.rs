@@ -35,8 +35,6 @@ pub enum KernelPath {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX2 plus AVX-512 VNNI for the integer dot products.
-    Avx512Vnni,
     /// aarch64 NEON (ARMv8.0, e.g. Cortex-A72 in the Raspberry Pi 4).
     Neon,
     /// aarch64 NEON with the ARMv8.2 `sdot` instruction (e.g. Cortex-A76 in the Raspberry Pi 5).
@@ -51,7 +49,6 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
-            KernelPath::Avx512Vnni => "avx512-vnni",
             KernelPath::Neon => "neon",
             KernelPath::NeonDotprod => "neon-dotprod",
             KernelPath::Armv7Neon => "armv7-neon",
@@ -434,13 +431,6 @@ fn rows_parallel(
             let part = w.rows_slice(i * rows_per_task, ys.len() / n);
             f(&part, ys);
         });
-}
-
-/// `y = W · x + b` for one token.
-pub fn linear(w: &Matrix<'_>, b: &[f32], x: &[f32], y: &mut [f32], scratch: &mut MatmulScratch) {
-    assert_eq!(b.len(), w.rows, "linear: bias length");
-    matmul(w, x, 1, y, scratch);
-    add_assign(y, b);
 }
 
 /// `y[t] = W · x[t] + b` for `n` tokens.
