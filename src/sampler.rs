@@ -137,7 +137,8 @@ impl Sampler {
     /// once; `n_vocab == 0` is an error.
     pub fn new(config: SamplerConfig, n_vocab: usize) -> Result<Self> {
         config.validate()?;
-        if n_vocab == 0 || n_vocab > MAX_VOCAB {
+        // `try_from` rather than `> MAX_VOCAB`: on 32-bit targets that comparison is always false.
+        if n_vocab == 0 || u32::try_from(n_vocab).is_err() {
             return Err(Error::invalid(format!(
                 "sampler vocabulary size must be in 1..={MAX_VOCAB}, got {n_vocab}"
             )));
