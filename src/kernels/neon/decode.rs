@@ -293,6 +293,8 @@ struct Pass<const G: usize> {
 /// # Safety
 /// The CPU must have the features `K` uses; every pointer is to a readable block; block `b` of
 /// `x` is initialised.
+// Index loops: the groups' pointers, totals and accumulators are indexed together.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn step<K: RowDot, const G: usize>(
     pass: &mut Pass<G>,
