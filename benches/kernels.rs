@@ -1,24 +1,18 @@
 //! Criterion benchmarks of the matrix kernels at GPT-2 124M and 1.5B shapes: the dispatched
-//! (SIMD) table against the scalar twins, for decode (one token) and prefill (a batch of 32).
+//! tables this CPU runs (SIMD and the scalar twins), for decode (one token) and prefill (a batch of 32).
 //! Throughput is reported as bytes of weights streamed per second; GFLOP/s = 2·rows·cols·tokens
 //! per iteration divided by the time. The `tile` group times the tile kernels alone.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gpt2q::kernels::{self, MatmulScratch, Ops};
+use gpt2q::kernels::{self, prepared_len, MatmulScratch, PrepLane};
 use gpt2q::mmap::{self, ModelFile};
 use gpt2q::quant::{encode_tensor, DType};
+use gpt2q::rng::Rng;
 use gpt2q::tensor::{Matrix, Weights};
 
-fn random(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * 0.1
-        })
-        .collect()
+/// Values uniform in ±0.05, the same for the same seed.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    Rng::new(seed).floats(n, 0.05)
 }
 
 /// A weight matrix in `dtype`, backed by an aligned buffer like a mapped file.
@@ -46,10 +40,7 @@ const SHAPES: [(&str, usize, usize); 4] = [
 ];
 
 fn bench_matmul(c: &mut Criterion, tokens: usize) {
-    let tables: [(&str, Ops); 2] = [
-        (kernels::path().name(), *kernels::ops()),
-        ("scalar", kernels::scalar::ops()),
-    ];
+    let tables = kernels::tables();
     for dtype in [DType::Q4, DType::Q8, DType::F16] {
         let mut group = c.benchmark_group(format!("matmul {} x{tokens}", dtype.name()));
         group.sample_size(10);
@@ -60,8 +51,8 @@ fn bench_matmul(c: &mut Criterion, tokens: usize) {
             let mut y = vec![0f32; tokens * rows];
             let mut scratch = MatmulScratch::new(cols, rows, tokens);
             group.throughput(Throughput::Bytes(w.byte_len() as u64));
-            for (path, ops) in &tables {
-                group.bench_function(BenchmarkId::new(*path, name), |b| {
+            for ops in &tables {
+                group.bench_function(BenchmarkId::new(ops.path.name(), name), |b| {
                     b.iter(|| kernels::matmul_with(ops, &w, &x, tokens, &mut y, &mut scratch))
                 });
             }
@@ -87,10 +78,7 @@ fn tiles(c: &mut Criterion) {
     let mut act = vec![gpt2q::quant::BlockQ8Act::default(); tokens * nb];
     kernels::scalar::quantize_act(&x, &mut act);
     let mut y = vec![0f32; rows * tokens];
-    let tables: [(&str, Ops); 2] = [
-        (kernels::path().name(), *kernels::ops()),
-        ("scalar", kernels::scalar::ops()),
-    ];
+    let mut prep = vec![PrepLane::default(); prepared_len(tokens, nb)];
     let mut group = c.benchmark_group("tile 768x768 x64");
     group.sample_size(10);
     let f8 = weights(DType::Q8, rows, cols);
@@ -100,12 +88,15 @@ fn tiles(c: &mut Criterion) {
         mmap::as_q4(f4.bytes()).unwrap(),
     );
     group.throughput(Throughput::Elements((rows * cols * tokens) as u64));
-    for (path, ops) in &tables {
-        group.bench_function(BenchmarkId::new(*path, "q8"), |b| {
-            b.iter(|| (ops.matmul_q8)(w8, &act, nb, &mut y))
+    for ops in kernels::tables() {
+        let path = ops.path.name();
+        (ops.prepare_q8)(&act, nb, &mut prep);
+        group.bench_function(BenchmarkId::new(path, "q8"), |b| {
+            b.iter(|| (ops.matmul_q8)(w8, &act, &prep, nb, &mut y))
         });
-        group.bench_function(BenchmarkId::new(*path, "q4"), |b| {
-            b.iter(|| (ops.matmul_q4)(w4, &act, nb, &mut y))
+        (ops.prepare_q4)(&act, nb, &mut prep);
+        group.bench_function(BenchmarkId::new(path, "q4"), |b| {
+            b.iter(|| (ops.matmul_q4)(w4, &act, &prep, nb, &mut y))
         });
     }
     group.finish();

@@ -8,18 +8,12 @@ use std::time::Instant;
 use gpt2q::kernels::{self, MatmulScratch};
 use gpt2q::mmap::{self, ModelFile};
 use gpt2q::quant::{encode_tensor, DType};
+use gpt2q::rng::Rng;
 use gpt2q::tensor::{Matrix, Weights};
 
-fn random(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * 0.1
-        })
-        .collect()
+/// Values uniform in ±0.05, the same for the same seed.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    Rng::new(seed).floats(n, 0.05)
 }
 
 fn main() {

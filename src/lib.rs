@@ -5,7 +5,7 @@
 //! [`session::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
 //! tokens → text ([`tokenizer`]). On top: the generation loop ([`generate`]), multi-turn chat
 //! ([`chat`]) and zero-shot task prompts ([`task`]). Block formats for quantised weights live in [`quant`];
-//! probes of the machine (memory, CPU, board) in [`machine`].
+//! probes of the machine (memory, CPU, board) in [`machine`]; seeded test data in [`rng`].
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -20,6 +20,7 @@ pub mod mmap;
 pub mod model;
 pub mod perplexity;
 pub mod quant;
+pub mod rng;
 pub mod sampler;
 pub mod session;
 pub mod synthetic;

@@ -400,14 +400,9 @@ mod tests {
 
     #[test]
     fn q4_scale_search_is_never_worse_than_plain_max_scale() {
-        let mut s = 1u32;
+        let mut rng = crate::rng::Rng::new(1);
         for _ in 0..200 {
-            let x: [f32; QK] = std::array::from_fn(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32 - 0.5) * 0.2
-            });
+            let x: [f32; QK] = std::array::from_fn(|_| rng.uniform(0.1));
             let max = x
                 .iter()
                 .copied()

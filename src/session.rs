@@ -14,7 +14,6 @@ use crate::kernels::{self, MatmulScratch};
 use crate::kv_cache::{KvCache, KvType};
 use crate::machine;
 use crate::model::{Block, Model, Norm};
-use crate::quant::{BlockQ8Act, QK};
 
 /// Working memory for a batch of up to `batch` tokens, allocated once per session.
 struct Scratch {
@@ -74,9 +73,7 @@ impl ScratchDims {
     fn byte_len(&self) -> usize {
         let floats = 4 * self.embd + self.qkv + self.hidden + self.scores + self.logits;
         let (cols, rows, tokens) = self.matmul;
-        floats * std::mem::size_of::<f32>()
-            + cols.div_ceil(QK) * tokens * std::mem::size_of::<BlockQ8Act>()
-            + rows * tokens * std::mem::size_of::<f32>()
+        floats * std::mem::size_of::<f32>() + MatmulScratch::byte_len_for(cols, rows, tokens)
     }
 }
 

@@ -12,6 +12,7 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::format::{Activation, HParams, ModelWriter, TensorSpec};
 use crate::quant::{DType, QK};
+use crate::rng::Rng;
 use crate::tokenizer::{Tokenizer, ENDOFTEXT, ENDOFTEXT_ID};
 
 /// A GPT-2 size by its common name.
@@ -122,33 +123,14 @@ pub fn specs(hp: &HParams, dtype: DType) -> Vec<TensorSpec> {
     out
 }
 
-/// A small, fast pseudo-random byte stream (xorshift64*), seeded per tensor.
-struct Bytes(u64);
-
-impl Bytes {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn fill(&mut self, out: &mut [u8]) {
-        for chunk in out.chunks_mut(8) {
-            let r = self.next().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-    }
-}
-
 /// Random data for one tensor: weights of magnitude ~0.02, layer-norm scales 1, biases 0.
 fn tensor_data(spec: &TensorSpec, len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = Bytes(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
     let mut out = vec![0u8; len];
     match spec.dtype {
         DType::F32 if spec.shape.len() > 1 => {
             for c in out.chunks_exact_mut(4) {
-                let v = (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let v = rng.unit() - 0.5;
                 c.copy_from_slice(&(v * 0.04).to_le_bytes());
             }
         }
@@ -160,12 +142,12 @@ fn tensor_data(spec: &TensorSpec, len: usize, seed: u64) -> Vec<u8> {
         DType::F32 => {}
         DType::F16 => {
             for c in out.chunks_exact_mut(2) {
-                let v = (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let v = rng.unit() - 0.5;
                 c.copy_from_slice(&f16::from_f32(v * 0.04).to_le_bytes());
             }
         }
         DType::Q8 | DType::Q4 => {
-            rng.fill(&mut out);
+            rng.fill_bytes(&mut out);
             let block = if spec.dtype == DType::Q8 {
                 2 + QK
             } else {

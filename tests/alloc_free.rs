@@ -139,7 +139,7 @@ impl<'m> Run<'m> {
     }
 }
 
-/// Warm-up run (first-use set-up: rayon's registry and thread-locals, kernel detection), then
+/// Warm-up run (first-use set-up: rayon's registry, kernel detection), then
 /// the counted one.
 fn measure(model: &Model<'_>) -> (usize, GenerationStats) {
     let mut run = Run::new(model);
@@ -158,19 +158,16 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 }
 
 /// One test function, so no other test's thread allocates while counting. The default q8 model
-/// runs in every threading set-up; q4 weights, as the converter lays them out (`q4`: q8
-/// embedding, q4 blocks; `q4-pure`: the embedding split into q8 rows of frequent tokens and q4
-/// rows), run on one thread in synthetic models built in memory before counting starts. On more
-/// threads the AVX2 q4 kernels' per-thread buffers (`kernels/avx2/decode.rs`, `packed.rs`) are
-/// allocated the first time each worker runs a q4 product, which may fall in the counted run
-/// rather than the warm-up (seen once: one allocation on the global pool); the threading
-/// set-ups are proven on the q8 model.
+/// and q4 weights as the converter lays them out (`q4`: q8 embedding, q4 blocks; `q4-pure`: the
+/// embedding split into q8 rows of frequent tokens and q4 rows; synthetic models built in memory
+/// before counting starts) run in every threading set-up: the kernels keep no buffers of their
+/// own, only the session's scratch.
 #[test]
 fn generation_allocates_nothing_per_token() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-gpt2-q8.g2q");
     let file = ModelFile::open(&path).unwrap();
     let model = Model::load(&file, false).unwrap();
-    check_model("q8", &model, true);
+    check_model("q8", &model);
     for (name, bytes) in q4_models() {
         let file = ModelFile::from_bytes(&bytes);
         let model = Model::load(&file, false).unwrap();
@@ -178,7 +175,7 @@ fn generation_allocates_nothing_per_token() {
             model.blocks[0].mlp_fc.weight.dtype() == DType::Q4,
             "{name}: the blocks are not q4"
         );
-        check_model(name, &model, false);
+        check_model(name, &model);
     }
 }
 
@@ -237,18 +234,15 @@ fn q4_models() -> [(&'static str, Vec<u8>); 2] {
     ]
 }
 
-/// Counts allocations on one thread, and when `threads` is set on two and on rayon's global
-/// pool (and, not asserted, from outside the pool).
-fn check_model(name: &str, model: &Model<'_>, threads: bool) {
+/// Counts allocations on one thread, on two and on rayon's global pool (and, not asserted, from
+/// outside the pool).
+fn check_model(name: &str, model: &Model<'_>) {
     let (one, stats) = pool(1).install(|| measure(model));
     println!(
         "{name}, 1 thread, inside the pool: {one} allocations ({} shifts)",
         stats.context_shifts
     );
     assert_eq!(one, 0, "{name}: allocations with one thread");
-    if !threads {
-        return;
-    }
     if std::env::var_os("GPT2Q_TEST_RUNNER").is_some() {
         // Under qemu a second worker may first steal work (and register with crossbeam's epoch
         // collector, which allocates once per thread) only during the counted run; the

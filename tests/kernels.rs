@@ -4,6 +4,7 @@
 use gpt2q::kernels::{self, KernelPath, MatmulScratch};
 use gpt2q::mmap::{self, ModelFile};
 use gpt2q::quant::{encode_tensor, DType};
+use gpt2q::rng::Rng;
 use gpt2q::tensor::{Matrix, SplitMatrix, Weights};
 
 #[test]
@@ -37,16 +38,9 @@ fn dispatch_picks_the_expected_path() {
     }
 }
 
-fn random(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * 0.2
-        })
-        .collect()
+/// Values uniform in ±0.1, the same for the same seed.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    Rng::new(seed).floats(n, 0.1)
 }
 
 /// Relative bound between the dispatched and scalar matmul on the same inputs: the integer

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use gpt2q::rng::Rng;
 use gpt2q::tokenizer::{
     byte_to_unicode, unicode_to_byte, Tokenizer, Utf8Stream, ENDOFTEXT, ENDOFTEXT_ID,
 };
@@ -246,22 +247,6 @@ fn section_round_trips() {
     }
 }
 
-/// Tiny xorshift64 so the damage below is the same on every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Parse damaged input; it must not panic, and a tokenizer it accepts must work.
 fn parse_damaged(bytes: &[u8]) {
     if let Ok(tok) = Tokenizer::from_section(bytes) {
@@ -285,7 +270,7 @@ fn truncated_sections_are_errors() {
 #[test]
 fn damaged_sections_never_panic() {
     let section = section_of(gpt2());
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     for round in 0..300 {
         let mut damaged = section.clone();
         for _ in 0..1 + rng.below(4) {
@@ -300,7 +285,7 @@ fn damaged_sections_never_panic() {
         parse_damaged(&damaged);
     }
     for _ in 0..300 {
-        let garbage: Vec<u8> = (0..rng.below(48)).map(|_| rng.next() as u8).collect();
+        let garbage: Vec<u8> = (0..rng.below(48)).map(|_| rng.next_u64() as u8).collect();
         parse_damaged(&garbage);
     }
     let mut trailing = section.clone();
@@ -423,7 +408,7 @@ fn utf8_stream_replaces_invalid_bytes() {
 /// Streaming any bytes in any pieces gives what one lossy decode of them all gives.
 #[test]
 fn utf8_stream_matches_whole_lossy_decode() {
-    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let alphabet: [&[u8]; 8] = [
         b"a",
         "é".as_bytes(),

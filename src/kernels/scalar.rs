@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use super::{KernelPath, Ops};
+use super::{prepare_nothing, KernelPath, Ops, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 use crate::tensor::{Matrix, Weights};
 
@@ -12,8 +12,8 @@ pub fn ops() -> Ops {
     Ops {
         path: KernelPath::Scalar,
         quantize_act,
-        dot_q8,
-        dot_q4,
+        prepare_q8: prepare_nothing,
+        prepare_q4: prepare_nothing,
         dot_f16,
         dot_f32,
         matmul_q8,
@@ -78,8 +78,8 @@ pub fn dot_q4(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
 }
 
 /// Every row of `w` against every token of `x` (`nb` blocks each), `out[r · n + t]`, as
-/// [`dot_q8`] computes each product.
-pub fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+/// [`dot_q8`] computes each product (no preparation: `_prep` is not read).
+pub fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], _prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (_, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(n)) {
         for (tok, y) in x.chunks_exact(nb).zip(o.iter_mut()) {
@@ -89,8 +89,8 @@ pub fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
 }
 
 /// Every row of `w` against every token of `x` (`nb` blocks each), `out[r · n + t]`, as
-/// [`dot_q4`] computes each product.
-pub fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+/// [`dot_q4`] computes each product (no preparation: `_prep` is not read).
+pub fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], _prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (_, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     for (row, o) in w.chunks_exact(nb).zip(out.chunks_exact_mut(n)) {
         for (tok, y) in x.chunks_exact(nb).zip(o.iter_mut()) {

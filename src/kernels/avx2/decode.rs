@@ -1,9 +1,10 @@
-//! The q4 matrix–vector product of a decode step, with the activation prepared once per call.
+//! The q4 matrix–vector product of a decode step, with the activation prepared once per product.
 //!
 //! The one-row q4 kernel spends a third of its integer work on the `−8` offset (`8 · Σ q_x`, by
 //! `maddubs`, per block and row) and two permutes per pair of blocks on rearranging the
 //! activation to meet the nibbles. Both depend only on the activation, which every row of a
-//! matrix shares: here they are done once per call. For each pair of blocks the activation is
+//! matrix shares: here they are done once per matrix product ([`prepare`], into the session's
+//! scratch), and every row task reads them. For each pair of blocks the activation is
 //! stored as `[x0 0..16 | x1 0..16]` and `[x0 16..32 | x1 16..32]`, so a pair costs two loads,
 //! the nibble split, two `maddubs` and a `madd`; the offset becomes one f32 term per block,
 //! `8 · d_x · Σ q_x`, summed against the row's scales four blocks at a time.
@@ -12,79 +13,102 @@
 //! scalar twin by rounding only.
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
 use super::{
     f16_to_f32, fma_scaled, hsum_ps, lanes_01, lanes_23, load_act, prefetch_ahead, q4_block_lanes,
     q4_pair_codes, quad_w_scales,
 };
+use crate::kernels::{lanes_f32, lanes_f32_mut, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8Act};
 
-/// One token's activation arranged for [`dot`]; reused across calls by each thread.
-#[derive(Default)]
-struct Prepared {
-    /// Two vectors per pair of blocks: the low halves of both blocks, then the high halves.
-    halves: Vec<__m256i>,
-    /// `d_x` per block.
-    d: Vec<f32>,
-    /// `8 · d_x · Σ q_x` per block: the offset's share of the block's dot, before `d_w`.
-    offset: Vec<f32>,
+/// One token's activation arranged for [`dot`], in the lanes [`prepare`] filled: for each pair
+/// of blocks two vectors, the low halves of both blocks then the high halves; `d_x` per block;
+/// and `8 · d_x · Σ q_x` per block, the offset's share of the block's dot before `d_w`.
+struct Prepared<'a> {
+    halves: &'a [PrepLane],
+    d: &'a [f32],
+    offset: &'a [f32],
 }
 
-thread_local! {
-    static PREPARED: RefCell<Prepared> = RefCell::new(Prepared::default());
+/// Lanes of the three regions for `nb` blocks: halves, then `d`, then the offsets.
+fn regions(nb: usize) -> (usize, usize) {
+    (nb / 2 * 2, nb.div_ceil(8))
 }
 
-/// `out[r]` = row `r` of `w` (rows of `nb` blocks) · the token `x` (`nb` blocks).
+impl<'a> Prepared<'a> {
+    /// The regions of `prep` for `nb` blocks (panics if `prep` is too short).
+    fn view(prep: &'a [PrepLane], nb: usize) -> Self {
+        let (halves, scalars) = regions(nb);
+        let (h, rest) = prep.split_at(halves);
+        let (d, offset) = rest.split_at(scalars);
+        Prepared {
+            halves: h,
+            d: &lanes_f32(d)[..nb],
+            offset: &lanes_f32(&offset[..scalars])[..nb],
+        }
+    }
+
+    /// Vector `i` of the halves.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[inline(always)]
+    unsafe fn half(&self, i: usize) -> __m256i {
+        // Reads exactly one lane: 32 bytes, 32-byte aligned.
+        _mm256_load_si256(std::ptr::from_ref(&self.halves[i]).cast())
+    }
+}
+
+/// `out[r]` = row `r` of `w` (rows of `nb` blocks) · the token `x` (`nb` blocks), which
+/// [`prepare`] laid out in `prep`.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w.len() == out.len() · nb`, `x.len() == nb`.
-pub(super) unsafe fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
-    PREPARED.with_borrow_mut(|p| {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { prepare_and_multiply(w, x, nb, out, p) }
-    });
-}
-
-/// [`matmul_q4`] with the thread's buffers `p`.
-///
-/// # Safety
-/// As [`matmul_q4`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prepare_and_multiply(
+pub(super) unsafe fn matmul_q4(
     w: &[BlockQ4],
     x: &[BlockQ8Act],
+    prep: &[PrepLane],
     nb: usize,
     out: &mut [f32],
-    p: &mut Prepared,
 ) {
-    prepare(x, p);
+    let p = Prepared::view(prep, nb);
     for (r, y) in out.iter_mut().enumerate() {
-        *y = dot(&w[r * nb..(r + 1) * nb], x, p);
+        *y = dot(&w[r * nb..(r + 1) * nb], x, &p);
     }
 }
 
-/// Fills `p` from `x`.
+/// Lays out the token `x` in `prep` for [`matmul_q4`] (panics if `prep` is too short).
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
-#[inline(always)]
-unsafe fn prepare(x: &[BlockQ8Act], p: &mut Prepared) {
-    p.halves.clear();
-    for pair in x.chunks_exact(2) {
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn prepare(x: &[BlockQ8Act], prep: &mut [PrepLane]) {
+    let nb = x.len();
+    let (halves, scalars) = regions(nb);
+    let (h, rest) = prep.split_at_mut(halves);
+    let (d, offset) = rest.split_at_mut(scalars);
+    for (pair, out) in x.chunks_exact(2).zip(h.chunks_exact_mut(2)) {
         let (x0, x1) = (load_act(&pair[0]), load_act(&pair[1]));
-        p.halves.push(_mm256_permute2x128_si256::<0x20>(x0, x1));
-        p.halves.push(_mm256_permute2x128_si256::<0x31>(x0, x1));
+        // Writes exactly one lane each: 32 bytes, 32-byte aligned.
+        _mm256_store_si256(
+            std::ptr::from_mut(&mut out[0]).cast(),
+            _mm256_permute2x128_si256::<0x20>(x0, x1),
+        );
+        _mm256_store_si256(
+            std::ptr::from_mut(&mut out[1]).cast(),
+            _mm256_permute2x128_si256::<0x31>(x0, x1),
+        );
     }
-    p.d.clear();
-    p.d.extend(x.iter().map(|b| b.d));
-    p.offset.clear();
+    for (dst, b) in lanes_f32_mut(d).iter_mut().zip(x) {
+        *dst = b.d;
+    }
     let (eights, ones) = (_mm256_set1_epi8(8), _mm256_set1_epi16(1));
-    p.offset.extend(x.iter().map(|b| {
+    for (dst, b) in lanes_f32_mut(&mut offset[..scalars]).iter_mut().zip(x) {
         // 8 · Σ q_x exactly: pairs ≤ 2 · 8 · 128 in i16, then i32 lanes.
         let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(eights, load_act(b)), ones);
-        b.d * hsum_ps(_mm256_cvtepi32_ps(lanes))
-    }));
+        *dst = b.d * hsum_ps(_mm256_cvtepi32_ps(lanes));
+    }
 }
 
 /// Two blocks' `Σ q · x` (codes `0..=15`, no offset) against their prepared halves: lanes 0..4
@@ -109,7 +133,7 @@ unsafe fn pair_lanes(w: &[BlockQ4], lo: __m256i, hi: __m256i) -> __m256i {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
-unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act], p: &Prepared) -> f32 {
+unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act], p: &Prepared<'_>) -> f32 {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut offset = _mm_setzero_ps();
     let quads = w.len() / 4;
@@ -124,9 +148,10 @@ unsafe fn dot(w: &[BlockQ4], x: &[BlockQ8Act], p: &Prepared) -> f32 {
             _mm_loadu_ps(p.offset[4 * q..4 * q + 4].as_ptr()),
             offset,
         );
-        let h = &p.halves[4 * q..4 * q + 4];
-        acc0 = fma_scaled(acc0, lanes_01(d), pair_lanes(&w4[..2], h[0], h[1]));
-        acc1 = fma_scaled(acc1, lanes_23(d), pair_lanes(&w4[2..], h[2], h[3]));
+        let (h0, h1) = (p.half(4 * q), p.half(4 * q + 1));
+        let (h2, h3) = (p.half(4 * q + 2), p.half(4 * q + 3));
+        acc0 = fma_scaled(acc0, lanes_01(d), pair_lanes(&w4[..2], h0, h1));
+        acc1 = fma_scaled(acc1, lanes_23(d), pair_lanes(&w4[2..], h2, h3));
     }
     for (bw, bx) in w[4 * quads..].iter().zip(&x[4 * quads..]) {
         // The one-row kernel's block function, offset included.

@@ -12,13 +12,13 @@
 //! * q8: `|x| · sign(w, x)` per group (the sign trick of the one-row kernel), summed in i32.
 //! * q4: the unsigned codes go straight into `maddubs` and are summed in i16 over the block
 //!   (at most 8 · 2 · 15 · 128 = 30720, no overflow); the `−8` offset is subtracted once per
-//!   block as `8 · Σ q_x`, from sums taken once per call.
+//!   block as `8 · Σ q_x`, from sums taken once per matrix product ([`q4_act_terms`]).
 //!
 //! Integer block sums are exact; only the float summation order differs from the scalar twin.
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
+use crate::kernels::{lanes_i32_mut, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
 
 /// Rows in a packed group: one i32 lane each.
@@ -53,14 +53,11 @@ pub(super) trait PackFormat {
     unsafe fn bytes(w: &Self::W) -> __m256i;
     /// The block's f16 scale bits.
     fn scale_bits(w: &Self::W) -> u16;
-    /// Per-activation-block terms the kernel needs (q4: `8 · Σ q_x`), one per block of `x`.
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C must be available.
-    unsafe fn act_terms(x: &[BlockQ8Act], out: &mut Vec<i32>);
+    /// Whether [`PackFormat::chunk`] reads per-activation-block terms ([`q4_act_terms`]).
+    const TERMS: bool;
     /// `acc[t]` lane `r` = `Σ_b d_w · d_x · (exact block dot)` of packed row `r` with token
     /// `x[t]` over the chunk's blocks (`x[t][b]` meets `packed[b]`; `terms[t][b]` is
-    /// [`PackFormat::act_terms`]'s).
+    /// [`q4_act_terms`]'s when [`PackFormat::TERMS`]).
     ///
     /// # Safety
     /// AVX2, FMA and F16C must be available; every `x[t]` and `terms[t]` holds at least
@@ -132,11 +129,7 @@ impl PackFormat for Q8Packed {
     fn scale_bits(w: &BlockQ8) -> u16 {
         w.d.to_bits()
     }
-    /// # Safety
-    /// As [`PackFormat::act_terms`].
-    unsafe fn act_terms(_: &[BlockQ8Act], out: &mut Vec<i32>) {
-        out.clear();
-    }
+    const TERMS: bool = false;
     /// # Safety
     /// As [`PackFormat::chunk`].
     // Index loops over small const-size arrays: iterator adaptors would add closures that are
@@ -181,18 +174,7 @@ impl PackFormat for Q4Packed {
     fn scale_bits(w: &BlockQ4) -> u16 {
         w.d.to_bits()
     }
-    /// # Safety
-    /// As [`PackFormat::act_terms`].
-    #[inline(always)]
-    unsafe fn act_terms(x: &[BlockQ8Act], out: &mut Vec<i32>) {
-        out.clear();
-        // 8 · Σ q_x as `maddubs` of 8s with the bytes (pairs ≤ 2 · 8 · 128), then `madd`.
-        let (eights, ones) = (_mm256_set1_epi8(8), _mm256_set1_epi16(1));
-        out.extend(x.iter().map(|b| {
-            let pairs = _mm256_maddubs_epi16(eights, super::load_act(b));
-            hsum_epi32(_mm256_madd_epi16(pairs, ones))
-        }));
-    }
+    const TERMS: bool = true;
     /// # Safety
     /// As [`PackFormat::chunk`].
     #[allow(clippy::needless_range_loop)]
@@ -302,48 +284,39 @@ unsafe fn transpose_dwords(m: [__m256i; 8]) -> [__m256i; 8] {
     ]
 }
 
-thread_local! {
-    /// [`PackFormat::act_terms`] of the current call's activations, kept per thread so a batch
-    /// allocates only the first time a thread sees one this large.
-    static ACT_TERMS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+/// `8 · Σ q_x` of every block of `x`, the q4 kernels' per-block term, into the first
+/// `x.len()` i32 values of `prep` (panics if it is shorter).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_act_terms(x: &[BlockQ8Act], prep: &mut [PrepLane]) {
+    // 8 · Σ q_x as `maddubs` of 8s with the bytes (pairs ≤ 2 · 8 · 128), then `madd`.
+    let (eights, ones) = (_mm256_set1_epi8(8), _mm256_set1_epi16(1));
+    for (t, b) in lanes_i32_mut(prep)[..x.len()].iter_mut().zip(x) {
+        let pairs = _mm256_maddubs_epi16(eights, super::load_act(b));
+        *t = hsum_epi32(_mm256_madd_epi16(pairs, ones));
+    }
 }
 
 /// `out[r · n + t]` for the first `groups · 8` rows of `w` and all `n` tokens of `x` (rows and
-/// tokens of `nb` blocks; `out` is `(rows, n)`).
+/// tokens of `nb` blocks; `out` is `(rows, n)`), with `terms` from [`q4_act_terms`] if `F`
+/// reads them.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w` holds at least `groups · 8 · nb` blocks, `x`
-/// holds `n · nb` and `out` at least `groups · 8 · n` values.
+/// holds `n · nb` and `out` at least `groups · 8 · n` values; `terms` holds `n · nb` if
+/// [`PackFormat::TERMS`].
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn matmul<F: PackFormat>(
     w: &[F::W],
     x: &[BlockQ8Act],
+    terms: &[i32],
     nb: usize,
     groups: usize,
     n: usize,
     out: &mut [f32],
 ) {
-    ACT_TERMS.with_borrow_mut(|terms| {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { matmul_with_terms::<F>(w, x, terms, nb, groups, n, out) }
-    });
-}
-
-/// [`matmul`] with the thread's activation-terms buffer.
-///
-/// # Safety
-/// As [`matmul`].
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn matmul_with_terms<F: PackFormat>(
-    w: &[F::W],
-    x: &[BlockQ8Act],
-    terms: &mut Vec<i32>,
-    nb: usize,
-    groups: usize,
-    n: usize,
-    out: &mut [f32],
-) {
-    F::act_terms(x, terms);
-    let terms = &terms[..];
     let mut packed = [EMPTY; CHUNK_BLOCKS];
     for g in 0..groups {
         let r0 = g * GROUP_ROWS;

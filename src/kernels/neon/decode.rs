@@ -1,8 +1,9 @@
 //! Matrix–vector products (decode): eight weight rows against one token per pass, on the plain
 //! row-major blocks of the file.
 //!
-//! The token's activation is first rearranged on the stack ([`PreparedAct`]): its int8 values
-//! back to back, its block scales in one array and, for q4, `8 · Σ q_x` per block. Each pass then
+//! The token's activation is first rearranged, once per matrix product, in the session's scratch
+//! ([`prepare`]): its int8 values back to back, its block scales in one array and, for q4,
+//! `8 · Σ q_x` per block. Each pass then
 //! loads a block of the token once for eight rows, and each four rows' integer sums are reduced
 //! to one vector (`addp` tree) so that a block's scales cost one multiply and one FMA for four
 //! rows. The rows' accumulators are never reset: they keep running totals, and a block's sums are
@@ -17,75 +18,95 @@
 
 use std::arch::aarch64::*;
 use std::arch::asm;
-use std::mem::MaybeUninit;
 
 use super::{f16x4_to_f32, horizontal_sums4, sdot};
-use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
+use crate::kernels::{lanes_f32, lanes_f32_mut, lanes_i32, lanes_i32_mut, PrepLane};
+use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
 
-/// The widest row the prepared activation holds: 256 blocks (8192 values; gpt2-xl's widest is
-/// 6400). Wider rows take the one-row kernels.
-pub(super) const MAX_BLOCKS: usize = 256;
-
-/// One token's activation laid out for the decode kernels; only the first `nb` entries of each
-/// array are initialised.
-#[repr(C, align(16))]
-pub(super) struct PreparedAct {
-    qs: [MaybeUninit<[i8; QK]>; MAX_BLOCKS],
-    d: [MaybeUninit<f32>; MAX_BLOCKS],
-    offset: [MaybeUninit<i32>; MAX_BLOCKS],
+/// Lanes one token's prepared activation takes for `nb` blocks: one lane (32 int8) per block,
+/// then the scales, then the offsets (eight per lane each).
+pub(super) fn token_lanes(nb: usize) -> usize {
+    nb + 2 * nb.div_ceil(8)
 }
 
-impl PreparedAct {
-    /// Rearranges `x` (at most [`MAX_BLOCKS`] blocks).
-    ///
-    /// # Safety
-    /// NEON must be available; `x.len() <= MAX_BLOCKS`.
-    #[inline(always)]
-    unsafe fn new(x: &[BlockQ8Act]) -> Self {
-        let mut p = PreparedAct {
-            qs: [MaybeUninit::uninit(); MAX_BLOCKS],
-            d: [MaybeUninit::uninit(); MAX_BLOCKS],
-            offset: [MaybeUninit::uninit(); MAX_BLOCKS],
-        };
-        for (b, xb) in x.iter().enumerate() {
+/// Lays out `n` tokens of `x` (`nb` blocks each) in `prep`, [`token_lanes`] apart: per block its
+/// int8 values, its scale and, if `offset`, `8 · Σ q_x`. Panics if `prep` is too short.
+///
+/// # Safety
+/// NEON must be available.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn prepare(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane], offset: bool) {
+    for (xt, pt) in x
+        .chunks_exact(nb)
+        .zip(prep.chunks_exact_mut(token_lanes(nb)))
+    {
+        let (qs, rest) = pt.split_at_mut(nb);
+        let (d, offsets) = rest.split_at_mut(nb.div_ceil(8));
+        let (d, offsets) = (lanes_f32_mut(d), lanes_i32_mut(offsets));
+        for (b, xb) in xt.iter().enumerate() {
             let (x0, x1) = (vld1q_s8(xb.qs.as_ptr()), vld1q_s8(xb.qs.as_ptr().add(16)));
-            let dst = p.qs[b].as_mut_ptr().cast::<i8>();
+            // Writes exactly the lane's 32 bytes.
+            let dst = std::ptr::from_mut(&mut qs[b]).cast::<i8>();
             vst1q_s8(dst, x0);
             vst1q_s8(dst.add(16), x1);
-            p.d[b].write(xb.d);
-            // Σ q_x in i16 lanes (at most 32 · 128 in magnitude), then across lanes.
-            let s = vaddq_s16(vpaddlq_s8(x0), vpaddlq_s8(x1));
-            p.offset[b].write(8 * vaddlvq_s16(s));
+            d[b] = xb.d;
+            if offset {
+                // Σ q_x in i16 lanes (at most 32 · 128 in magnitude), then across lanes.
+                let s = vaddq_s16(vpaddlq_s8(x0), vpaddlq_s8(x1));
+                offsets[b] = 8 * vaddlvq_s16(s);
+            }
         }
-        p
+    }
+}
+
+/// One token's activation as [`prepare`] laid it out.
+pub(super) struct PreparedAct<'a> {
+    qs: &'a [PrepLane],
+    d: &'a [f32],
+    offset: &'a [i32],
+}
+
+impl<'a> PreparedAct<'a> {
+    /// Token `t`'s regions for `nb` blocks (panics if `prep` is too short).
+    fn view(prep: &'a [PrepLane], nb: usize, t: usize) -> Self {
+        let lanes = token_lanes(nb);
+        let pt = &prep[t * lanes..(t + 1) * lanes];
+        let (qs, rest) = pt.split_at(nb);
+        let (d, offset) = rest.split_at(nb.div_ceil(8));
+        PreparedAct {
+            qs,
+            d: &lanes_f32(d)[..nb],
+            offset: &lanes_i32(offset)[..nb],
+        }
     }
 
     /// Block `b`'s values as (elements 0..16, elements 16..32).
     ///
     /// # Safety
-    /// NEON must be available; block `b` was initialised.
+    /// NEON must be available; `b` is below the view's block count.
     #[inline(always)]
     unsafe fn qs(&self, b: usize) -> (int8x16_t, int8x16_t) {
-        let p = self.qs.get_unchecked(b).as_ptr().cast::<i8>();
+        // Reads exactly the lane's 32 bytes.
+        let p = std::ptr::from_ref(self.qs.get_unchecked(b)).cast::<i8>();
         (vld1q_s8(p), vld1q_s8(p.add(16)))
     }
 
     /// Block `b`'s scale.
     ///
     /// # Safety
-    /// Block `b` was initialised.
+    /// `b` is below the view's block count.
     #[inline(always)]
     unsafe fn d(&self, b: usize) -> f32 {
-        self.d.get_unchecked(b).assume_init()
+        *self.d.get_unchecked(b)
     }
 
-    /// Block `b`'s `8 · Σ q_x`.
+    /// Block `b`'s `8 · Σ q_x` (q4 preparations only; otherwise whatever the lanes held).
     ///
     /// # Safety
-    /// Block `b` was initialised.
+    /// `b` is below the view's block count.
     #[inline(always)]
     unsafe fn offset(&self, b: usize) -> i32 {
-        self.offset.get_unchecked(b).assume_init()
+        *self.offset.get_unchecked(b)
     }
 }
 
@@ -291,15 +312,15 @@ struct Pass<const G: usize> {
 /// advances the pointers to the rows' next blocks.
 ///
 /// # Safety
-/// The CPU must have the features `K` uses; every pointer is to a readable block; block `b` of
-/// `x` is initialised.
+/// The CPU must have the features `K` uses; every pointer is to a readable block; `b` is below
+/// `x`'s block count.
 // Index loops: the groups' pointers, totals and accumulators are indexed together.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn step<K: RowDot, const G: usize>(
     pass: &mut Pass<G>,
     w: &mut [[*const K::W; 4]; G],
-    x: &PreparedAct,
+    x: &PreparedAct<'_>,
     b: usize,
 ) {
     let xb = x.qs(b);
@@ -325,12 +346,12 @@ unsafe fn step<K: RowDot, const G: usize>(
 /// with the prepared token.
 ///
 /// # Safety
-/// The CPU must have the features `K` uses; each `w[g][r]` points at `nb` readable blocks; the
-/// first `nb` blocks of `x` are initialised.
+/// The CPU must have the features `K` uses; each `w[g][r]` points at `nb` readable blocks; `x`
+/// holds `nb` blocks.
 #[inline(always)]
 unsafe fn rows<K: RowDot, const G: usize>(
     mut w: [[*const K::W; 4]; G],
-    x: &PreparedAct,
+    x: &PreparedAct<'_>,
     nb: usize,
 ) -> [float32x4_t; G] {
     let mut pass = Pass::<G> {
@@ -353,23 +374,23 @@ unsafe fn rows<K: RowDot, const G: usize>(
 }
 
 /// `out[r · n + t]` = the dot of row `r` with token `t`, for few tokens (each one a pass over
-/// the rows, four at a time).
+/// the rows, eight at a time), against the tokens [`prepare`] laid out in `prep`.
 ///
 /// # Safety
-/// The CPU must have the features `K` uses; `w.len() == rows · nb`, `x.len() == n · nb`,
-/// `out.len() == rows · n`, `0 < nb <= MAX_BLOCKS`.
+/// The CPU must have the features `K` uses; `w.len() == rows · nb`, `out.len() == rows · n`,
+/// `nb > 0`.
 #[inline(always)]
 pub(super) unsafe fn matvec<K: RowDot>(
     w: &[K::W],
-    x: &[BlockQ8Act],
+    prep: &[PrepLane],
     nb: usize,
     rows: usize,
     n: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(nb > 0 && nb <= MAX_BLOCKS && w.len() == rows * nb);
+    debug_assert!(nb > 0 && w.len() == rows * nb);
     for t in 0..n {
-        let prepared = PreparedAct::new(&x[t * nb..(t + 1) * nb]);
+        let prepared = PreparedAct::view(prep, nb, t);
         for r0 in (0..rows).step_by(ROWS) {
             // A last pass over fewer rows repeats its last row; the extra lanes are dropped.
             let row = |k: usize| w.as_ptr().add((r0 + k).min(rows - 1) * nb);

@@ -328,28 +328,16 @@ mod neon {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpt2q::rng::Rng;
 
-    /// A xorshift stream of roughly Gaussian values (sum of four uniforms), deterministic.
-    struct Rng(u32);
-    impl Rng {
-        fn uniform(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 17;
-            self.0 ^= self.0 << 5;
-            self.0 as f32 / u32::MAX as f32
+    /// A block like a weight row's: Gaussian, sometimes with one outlier.
+    fn block(rng: &mut Rng, scale: f32) -> [f32; QK] {
+        let mut x: [f32; QK] = std::array::from_fn(|_| rng.gaussian() * scale);
+        if rng.unit() < 0.3 {
+            let i = rng.below(QK);
+            x[i] *= 4.0 + 4.0 * rng.unit();
         }
-        fn gaussian(&mut self) -> f32 {
-            (0..4).map(|_| self.uniform()).sum::<f32>() - 2.0
-        }
-        /// A block like a weight row's: Gaussian, sometimes with one outlier.
-        fn block(&mut self, scale: f32) -> [f32; QK] {
-            let mut x: [f32; QK] = std::array::from_fn(|_| self.gaussian() * scale);
-            if self.uniform() < 0.3 {
-                let i = (self.uniform() * QK as f32) as usize % QK;
-                x[i] *= 4.0 + 4.0 * self.uniform();
-            }
-            x
-        }
+        x
     }
 
     fn error(x: &[f32; QK], w: &[f32; QK], b: &BlockQ4) -> f64 {
@@ -362,7 +350,7 @@ mod tests {
 
     #[test]
     fn simd_sums_equal_the_scalar_twins() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         for case in 0..2000 {
             let scale = [1e-3, 0.02, 1.0, 300.0][case % 4];
             let x = match case % 50 {
@@ -370,12 +358,12 @@ mod tests {
                 1 => std::array::from_fn(|i| if i == 5 { scale } else { 0.0 }),
                 // Values that land on half-way points of some candidates' grids.
                 2 => std::array::from_fn(|i| (i as f32 - 16.0) * 0.5 * scale),
-                _ => rng.block(scale),
+                _ => block(&mut rng, scale),
             };
             let w: [f32; QK] = if case % 3 == 0 {
                 [1.0; QK]
             } else {
-                std::array::from_fn(|_| 0.01 + rng.uniform() * 5.0)
+                std::array::from_fn(|_| 0.01 + rng.unit() * 5.0)
             };
             let wx: [f32; QK] = std::array::from_fn(|i| w[i] * x[i]);
             let max = x.iter().fold(scale, |m, v| m.max(v.abs()));
@@ -401,10 +389,10 @@ mod tests {
 
     #[test]
     fn never_worse_than_plain_max_scale() {
-        let mut rng = Rng(11);
+        let mut rng = Rng::new(11);
         let ones = [1.0; QK];
         for _ in 0..2000 {
-            let x = rng.block(0.05);
+            let x = block(&mut rng, 0.05);
             let max = x
                 .iter()
                 .copied()
@@ -427,13 +415,13 @@ mod tests {
     /// the library's `BlockQ4::quantize_weighted`; over many blocks ours is as good or better.
     #[test]
     fn as_good_as_the_exhaustive_search() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         for weighted in [false, true] {
             let (mut ours, mut theirs) = (0f64, 0f64);
             for _ in 0..2000 {
-                let x = rng.block(0.05);
+                let x = block(&mut rng, 0.05);
                 let w: [f32; QK] = if weighted {
-                    std::array::from_fn(|_| 0.05 + rng.uniform() * rng.uniform() * 10.0)
+                    std::array::from_fn(|_| 0.05 + rng.unit() * rng.unit() * 10.0)
                 } else {
                     [1.0; QK]
                 };

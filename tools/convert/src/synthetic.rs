@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+use gpt2q::rng::Rng;
 use gpt2q::{Error, Result};
 use serde_json::{json, Map, Value};
 
@@ -155,7 +156,7 @@ pub fn write_checkpoint(
     w.write_all(&(header.len() as u64).to_le_bytes())
         .map_err(io)?;
     w.write_all(&header).map_err(io)?;
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::from_state(seed);
     let mut buf = Vec::with_capacity(1 << 20);
     for (name, dims) in &tensors {
         let (centre, spread) = match (name.ends_with(".weight"), dims.len()) {
@@ -176,23 +177,4 @@ pub fn write_checkpoint(
     }
     w.flush().map_err(io)?;
     Ok(8 + header.len() as u64 + offset as u64)
-}
-
-/// xorshift64*, with roughly Gaussian values (a sum of four uniforms, unit variance).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn gaussian(&mut self) -> f32 {
-        let r = self.next();
-        let sum: u32 = (0..4).map(|k| ((r >> (16 * k)) & 0xffff) as u32).sum();
-        // Four uniforms on [0, 1) sum to mean 2 and variance 1/3.
-        (sum as f32 / 65536.0 - 2.0) * 1.732_050_8
-    }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use gpt2q::rng::Rng;
 use gpt2q_convert::checkpoint::{Checkpoint, HfConfig};
 use gpt2q_convert::safetensors::{SafetensorsFile, StDtype};
 use serde_json::{json, Value};
@@ -173,22 +174,6 @@ fn read_all(ckpt: &Checkpoint) -> Vec<(String, Vec<f32>)> {
             (name, v)
         })
         .collect()
-}
-
-/// Small xorshift64 generator for the fuzz tests.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,7 +655,7 @@ fn parse_never_panics_on_truncations() {
 fn parse_never_panics_on_byte_flips() {
     let bytes = small_valid_file();
     let path = Path::new("flip.safetensors");
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut accepted = 0;
     for _ in 0..500 {
         let mut mutated = bytes.clone();

@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{KernelPath, Ops};
+use super::{lanes_i32, prepare_nothing, prepared_len, KernelPath, Ops, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 
 /// The AVX2 table.
@@ -36,8 +36,8 @@ pub(super) unsafe fn ops() -> Ops {
     Ops {
         path: KernelPath::Avx2,
         quantize_act,
-        dot_q8,
-        dot_q4,
+        prepare_q8: prepare_nothing,
+        prepare_q4,
         dot_f16,
         dot_f32,
         matmul_q8,
@@ -58,18 +58,6 @@ fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
     unsafe { quantize_act_avx2(x, out) }
 }
 
-fn dot_q8(w: &[BlockQ8], x: &[BlockQ8Act]) -> f32 {
-    assert_eq!(w.len(), x.len(), "dot_q8: lengths");
-    // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C).
-    unsafe { dot_q8_avx2(w, x) }
-}
-
-fn dot_q4(w: &[BlockQ4], x: &[BlockQ8Act]) -> f32 {
-    assert_eq!(w.len(), x.len(), "dot_q4: lengths");
-    // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C).
-    unsafe { dot_q4_avx2(w, x) }
-}
-
 fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     assert_eq!(w.len(), x.len(), "dot_f16: lengths");
     // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C).
@@ -82,17 +70,31 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { dot_f32_avx2(a, b) }
 }
 
-fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+/// Prepares `x` for [`matmul_q4`]: the decode kernel's layout for one token, the packed
+/// kernels' `8 · Σ q_x` per block for a batch, nothing for the row-major tiles in between.
+fn prepare_q4(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
+    let n = x.len().checked_div(nb).unwrap_or(0);
+    assert!(prep.len() >= prepared_len(n, nb), "prepare_q4: room");
+    if n == 1 {
+        // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C).
+        unsafe { decode::prepare(&x[..nb], prep) }
+    } else if n >= packed::MIN_TOKENS {
+        // SAFETY: as above.
+        unsafe { packed::q4_act_terms(&x[..n * nb], prep) }
+    }
+}
+
+fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C); the shapes were
     // checked: `w` holds `rows · nb` blocks, `x` holds `n · nb`, `out` holds `rows · n`.
-    unsafe { matmul_tiles::<Q8Tile>(w, x, nb, rows, n, out) }
+    unsafe { matmul_tiles::<Q8Tile>(w, x, prep, nb, rows, n, out) }
 }
 
-fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: as in `matmul_q8`.
-    unsafe { matmul_tiles::<Q4Tile>(w, x, nb, rows, n, out) }
+    unsafe { matmul_tiles::<Q4Tile>(w, x, prep, nb, rows, n, out) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -528,7 +530,13 @@ trait TileFormat {
     /// # Safety
     /// As [`matmul_tiles`] with one token.
     #[inline(always)]
-    unsafe fn decode(w: &[Self::W], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
+    unsafe fn decode(
+        w: &[Self::W],
+        x: &[BlockQ8Act],
+        _prep: &[PrepLane],
+        nb: usize,
+        out: &mut [f32],
+    ) {
         for (r, y) in out.iter_mut().enumerate() {
             *y = Self::dot(&w[r * nb..(r + 1) * nb], x);
         }
@@ -576,8 +584,14 @@ impl TileFormat for Q4Tile {
     /// # Safety
     /// As [`TileFormat::decode`].
     #[inline(always)]
-    unsafe fn decode(w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
-        decode::matmul_q4(w, x, nb, out)
+    unsafe fn decode(
+        w: &[BlockQ4],
+        x: &[BlockQ8Act],
+        prep: &[PrepLane],
+        nb: usize,
+        out: &mut [f32],
+    ) {
+        decode::matmul_q4(w, x, prep, nb, out)
     }
 }
 
@@ -688,24 +702,30 @@ unsafe fn token_group<F: TileFormat, const R: usize, const T: usize>(
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w.len() == rows · nb`, `x.len() == n · nb`,
-/// `out.len() == rows · n`.
+/// `out.len() == rows · n`; `prep` is at least [`prepared_len`]`(n, nb)` lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn matmul_tiles<F: TileFormat>(
     w: &[F::W],
     x: &[BlockQ8Act],
+    prep: &[PrepLane],
     nb: usize,
     rows: usize,
     n: usize,
     out: &mut [f32],
 ) {
     if n == 1 {
-        F::decode(w, x, nb, out);
+        F::decode(w, x, prep, nb, out);
         return;
     }
     let mut r0 = 0;
     if n >= packed::MIN_TOKENS {
         let groups = rows / packed::GROUP_ROWS;
-        packed::matmul::<F::Packed>(w, x, nb, groups, n, out);
+        let terms = if <F::Packed as packed::PackFormat>::TERMS {
+            &lanes_i32(prep)[..n * nb]
+        } else {
+            &[]
+        };
+        packed::matmul::<F::Packed>(w, x, terms, nb, groups, n, out);
         r0 = groups * packed::GROUP_ROWS;
     }
     row_major_tiles::<F>(&w[r0 * nb..], x, nb, rows - r0, n, &mut out[r0 * n..]);
@@ -835,466 +855,4 @@ unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn sum4(acc: [__m256; 4]) -> __m256 {
     _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::scalar;
-
-    /// Whether this CPU can run the kernels under test.
-    fn supported() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-
-    /// The table under test, or `None` (test skipped) on a CPU without the features.
-    fn table() -> Option<Ops> {
-        if !supported() {
-            eprintln!("skipped: CPU lacks AVX2/FMA/F16C");
-            return None;
-        }
-        // SAFETY: the features were just detected.
-        Some(unsafe { ops() })
-    }
-
-    /// xorshift64: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        /// Uniform in [−1, 1).
-        fn f32(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-        fn i8(&mut self) -> i8 {
-            ((self.next() % 255) as i32 - 127) as i8
-        }
-        fn u8(&mut self) -> u8 {
-            self.next() as u8
-        }
-    }
-
-    const BLOCK_COUNTS: [usize; 8] = [1, 2, 3, 7, 8, 24, 50, 200];
-    const FLOAT_LENS: [usize; 14] = [0, 1, 7, 8, 31, 32, 33, 64, 100, 128, 768, 1600, 3072, 6400];
-
-    fn q8_weights(rng: &mut Rng, n: usize, unit: bool) -> Vec<BlockQ8> {
-        (0..n)
-            .map(|_| BlockQ8 {
-                d: f16::from_f32(if unit { 1.0 } else { rng.f32() * 0.05 }),
-                qs: std::array::from_fn(|_| rng.i8()),
-            })
-            .collect()
-    }
-
-    fn q4_weights(rng: &mut Rng, n: usize, unit: bool) -> Vec<BlockQ4> {
-        (0..n)
-            .map(|_| BlockQ4 {
-                d: f16::from_f32(if unit { 1.0 } else { rng.f32() * 0.05 }),
-                qs: std::array::from_fn(|_| rng.u8()),
-            })
-            .collect()
-    }
-
-    fn acts(rng: &mut Rng, n: usize, unit: bool) -> Vec<BlockQ8Act> {
-        (0..n)
-            .map(|_| BlockQ8Act {
-                d: if unit { 1.0 } else { rng.f32() * 3.0 },
-                qs: std::array::from_fn(|_| rng.i8()),
-            })
-            .collect()
-    }
-
-    fn q8_block_sum(w: &BlockQ8, x: &BlockQ8Act) -> i32 {
-        w.qs.iter()
-            .zip(&x.qs)
-            .map(|(&a, &b)| a as i32 * b as i32)
-            .sum()
-    }
-
-    /// The 8 i32 lanes.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn i32_lanes(v: __m256i) -> [i32; 8] {
-        let mut lanes = [0i32; 8];
-        _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v);
-        lanes
-    }
-
-    /// Sum of the i32 lanes.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum_i32(v: __m256i) -> i32 {
-        i32_lanes(v).iter().sum()
-    }
-
-    /// The error bound for a float dot: relative 1e-5 of `Σ|terms|`, plus 1e-6.
-    fn close(got: f32, want: f32, abs_terms: f64) -> bool {
-        ((got as f64) - (want as f64)).abs() <= 1e-5 * abs_terms + 1e-6
-    }
-
-    fn q8_abs_terms(w: &[BlockQ8], x: &[BlockQ8Act]) -> f64 {
-        w.iter()
-            .zip(x)
-            .map(|(bw, bx)| {
-                let s: i64 = bw
-                    .qs
-                    .iter()
-                    .zip(&bx.qs)
-                    .map(|(&a, &b)| (a as i64 * b as i64).abs())
-                    .sum();
-                (bw.d.to_f32() as f64 * bx.d as f64).abs() * s as f64
-            })
-            .sum()
-    }
-
-    fn q4_abs_terms(w: &[BlockQ4], x: &[BlockQ8Act]) -> f64 {
-        w.iter()
-            .zip(x)
-            .map(|(bw, bx)| {
-                let s: i64 = (0..QK)
-                    .map(|i| ((bw.nibble(i) as i64 - 8) * bx.qs[i] as i64).abs())
-                    .sum();
-                (bw.d.to_f32() as f64 * bx.d as f64).abs() * s as f64
-            })
-            .sum()
-    }
-
-    /// Checks the per-block integer lanes exactly and the float dot within the bound (exactly
-    /// too when every scale is 1 and the sums stay below 2^24).
-    fn check_q8(ops: &Ops, w: &[BlockQ8], x: &[BlockQ8Act], exact: bool) {
-        for (bw, bx) in w.iter().zip(x) {
-            // SAFETY: `table()` detected the features before any caller got here.
-            let got = unsafe { hsum_i32(q8_block_lanes(bw, bx)) };
-            assert_eq!(got, q8_block_sum(bw, bx), "q8 block integer sum");
-        }
-        let (got, want) = ((ops.dot_q8)(w, x), scalar::dot_q8(w, x));
-        if exact {
-            assert_eq!(got, want, "dot_q8 exact, {} blocks", w.len());
-        }
-        let bound = q8_abs_terms(w, x);
-        assert!(
-            close(got, want, bound),
-            "dot_q8 {} blocks: {got} vs {want}",
-            w.len()
-        );
-    }
-
-    fn check_q4(ops: &Ops, w: &[BlockQ4], x: &[BlockQ8Act], exact: bool) {
-        for (bw, bx) in w.iter().zip(x) {
-            // SAFETY: `table()` detected the features before any caller got here.
-            let got = unsafe { hsum_i32(q4_block_lanes(bw, bx)) };
-            assert_eq!(got, scalar::block_dot_q4(bw, bx), "q4 block integer sum");
-        }
-        for (w2, x2) in w.chunks_exact(2).zip(x.chunks_exact(2)) {
-            // SAFETY: as above.
-            let lanes = unsafe { i32_lanes(q4_pair_lanes(w2, x2)) };
-            let halves: [i32; 2] = [lanes[..4].iter().sum(), lanes[4..].iter().sum()];
-            let want = [0, 1].map(|k| scalar::block_dot_q4(&w2[k], &x2[k]));
-            assert_eq!(halves, want, "q4 pair integer sums");
-        }
-        let (got, want) = ((ops.dot_q4)(w, x), scalar::dot_q4(w, x));
-        if exact {
-            assert_eq!(got, want, "dot_q4 exact, {} blocks", w.len());
-        }
-        let bound = q4_abs_terms(w, x);
-        assert!(
-            close(got, want, bound),
-            "dot_q4 {} blocks: {got} vs {want}",
-            w.len()
-        );
-    }
-
-    #[test]
-    fn dot_q8_random() {
-        let Some(ops) = table() else { return };
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        for n in BLOCK_COUNTS {
-            let (w, x) = (q8_weights(&mut rng, n, false), acts(&mut rng, n, false));
-            check_q8(&ops, &w, &x, false);
-            let (w, x) = (q8_weights(&mut rng, n, true), acts(&mut rng, n, true));
-            check_q8(&ops, &w, &x, n <= 24);
-        }
-    }
-
-    #[test]
-    fn dot_q4_random() {
-        let Some(ops) = table() else { return };
-        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-        for n in BLOCK_COUNTS {
-            let (w, x) = (q4_weights(&mut rng, n, false), acts(&mut rng, n, false));
-            check_q4(&ops, &w, &x, false);
-            let (w, x) = (q4_weights(&mut rng, n, true), acts(&mut rng, n, true));
-            check_q4(&ops, &w, &x, true);
-        }
-    }
-
-    /// ±127 activations against ±127 q8 weights and all-0 / all-15 nibbles, unit scales: the
-    /// largest sums maddubs sees.
-    #[test]
-    fn integer_dots_extremes() {
-        let Some(ops) = table() else { return };
-        for n in BLOCK_COUNTS {
-            // −128 never comes out of `quantize_act` for finite input, but the kernels allow it.
-            for xv in [127i8, -127, -128] {
-                let x = vec![
-                    BlockQ8Act {
-                        d: 1.0,
-                        qs: [xv; QK]
-                    };
-                    n
-                ];
-                for wv in [127i8, -127, 0] {
-                    let w = vec![
-                        BlockQ8 {
-                            d: f16::ONE,
-                            qs: [wv; QK]
-                        };
-                        n
-                    ];
-                    check_q8(&ops, &w, &x, n <= 24);
-                }
-                for byte in [0x00u8, 0xFF, 0x0F, 0xF0, 0x88] {
-                    let w = vec![
-                        BlockQ4 {
-                            d: f16::ONE,
-                            qs: [byte; QK / 2]
-                        };
-                        n
-                    ];
-                    check_q4(&ops, &w, &x, true);
-                }
-            }
-        }
-    }
-
-    /// Zero weight scales, zero activation scales (all-zero input) and zero codes give 0.
-    #[test]
-    fn integer_dots_zeros() {
-        let Some(ops) = table() else { return };
-        let mut rng = Rng(77);
-        for n in BLOCK_COUNTS {
-            let mut zero_act = vec![BlockQ8Act::default(); n];
-            (ops.quantize_act)(&vec![0.0; n * QK], &mut zero_act);
-            assert!(zero_act.iter().all(|b| b.d == 0.0 && b.qs == [0; QK]));
-            let mut w8 = q8_weights(&mut rng, n, false);
-            let mut w4 = q4_weights(&mut rng, n, false);
-            assert_eq!((ops.dot_q8)(&w8, &zero_act), 0.0);
-            assert_eq!((ops.dot_q4)(&w4, &zero_act), 0.0);
-            let x = acts(&mut rng, n, false);
-            w8.iter_mut().for_each(|b| b.d = f16::ZERO);
-            w4.iter_mut().for_each(|b| b.d = f16::ZERO);
-            assert_eq!((ops.dot_q8)(&w8, &x), 0.0);
-            assert_eq!((ops.dot_q4)(&w4, &x), 0.0);
-            let w4 = vec![
-                BlockQ4 {
-                    d: f16::ONE,
-                    qs: [0x88; QK / 2]
-                };
-                n
-            ];
-            assert_eq!((ops.dot_q4)(&w4, &x), 0.0);
-        }
-    }
-
-    fn assert_quantize_identical(ops: &Ops, x: &[f32]) {
-        let n = x.len() / QK;
-        let mut got = vec![BlockQ8Act::default(); n];
-        let mut want = vec![BlockQ8Act::default(); n];
-        (ops.quantize_act)(x, &mut got);
-        scalar::quantize_act(x, &mut want);
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.d.to_bits(), w.d.to_bits(), "block {i} scale");
-            assert_eq!(
-                g.qs,
-                w.qs,
-                "block {i} values: input {:?}",
-                &x[i * QK..(i + 1) * QK]
-            );
-        }
-    }
-
-    #[test]
-    fn quantize_act_random_bit_identical() {
-        let Some(ops) = table() else { return };
-        let mut rng = Rng(12345);
-        for n in BLOCK_COUNTS {
-            for scale in [1e-30f32, 1e-3, 1.0, 37.5, 1e30] {
-                let x: Vec<f32> = (0..n * QK).map(|_| rng.f32() * scale).collect();
-                assert_quantize_identical(&ops, &x);
-            }
-        }
-    }
-
-    /// Values that land exactly on .5 after scaling (round half to even), zeros, signed zeros,
-    /// single outliers and non-finite values (saturation and NaN like `as i8`).
-    #[test]
-    fn quantize_act_ties_and_edges() {
-        let Some(ops) = table() else { return };
-        let mut x = Vec::new();
-        // amax 127 → d = 1, id = 1: exact ties k + 0.5.
-        x.extend((0..QK).map(|i| {
-            if i == 0 {
-                127.0
-            } else {
-                (i as f32 - 16.0) + 0.5
-            }
-        }));
-        // amax 63.5 → d = 0.5, id = 2: x = k/2 + 1/4 gives k + 0.5.
-        x.extend((0..QK).map(|i| {
-            if i == 0 {
-                -63.5
-            } else {
-                (i as f32 - 16.0) * 0.5 + 0.25
-            }
-        }));
-        // Ties against an arbitrary scale: x = (k + 0.5) · d.
-        let d = 0.731f32 / 127.0;
-        x.extend((0..QK).map(|i| if i == 0 { 0.731 } else { (i as f32 - 16.5) * d }));
-        x.extend([0.0f32; QK]);
-        x.extend((0..QK).map(|i| if i % 2 == 0 { -0.0 } else { 0.0 }));
-        x.extend((0..QK).map(|i| if i == 31 { -5.0 } else { 1e-3 }));
-        // Subnormal amax: 1/d overflows to infinity, products saturate or are NaN.
-        x.extend((0..QK).map(|i| [1e-44f32, -1e-44, 0.0, 3e-45][i % 4]));
-        x.extend((0..QK).map(|i| [f32::INFINITY, 1.0, -2.0, 0.0][i % 4]));
-        x.extend((0..QK).map(|i| [f32::NAN, 1.0, -2.0, 0.5][i % 4]));
-        x.extend([f32::NAN; QK]);
-        x.extend((0..QK).map(|i| if i == 7 { f32::NEG_INFINITY } else { 3.0 }));
-        assert_quantize_identical(&ops, &x);
-    }
-
-    fn f32_abs_terms(a: impl Iterator<Item = f32>, b: &[f32]) -> f64 {
-        a.zip(b).map(|(p, q)| (p as f64 * *q as f64).abs()).sum()
-    }
-
-    #[test]
-    fn dot_f32_random() {
-        let Some(ops) = table() else { return };
-        let mut rng = Rng(99);
-        for n in FLOAT_LENS {
-            let a: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
-            let b: Vec<f32> = (0..n).map(|_| rng.f32() * 4.0).collect();
-            let (got, want) = ((ops.dot_f32)(&a, &b), scalar::dot_f32(&a, &b));
-            let bound = f32_abs_terms(a.iter().copied(), &b);
-            assert!(close(got, want, bound), "dot_f32 len {n}: {got} vs {want}");
-        }
-    }
-
-    #[test]
-    fn dot_f16_random() {
-        let Some(ops) = table() else { return };
-        let mut rng = Rng(4242);
-        for n in FLOAT_LENS {
-            let w: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.f32() * 0.2)).collect();
-            let x: Vec<f32> = (0..n).map(|_| rng.f32() * 4.0).collect();
-            let (got, want) = ((ops.dot_f16)(&w, &x), scalar::dot_f16(&w, &x));
-            let bound = f32_abs_terms(w.iter().map(|v| v.to_f32()), &x);
-            assert!(close(got, want, bound), "dot_f16 len {n}: {got} vs {want}");
-        }
-    }
-
-    /// Small integers: every partial sum is exact, so SIMD and scalar agree to the bit, which
-    /// checks that every element (including the tails) is counted once.
-    #[test]
-    fn float_dots_exact_on_integers() {
-        let Some(ops) = table() else { return };
-        let mut rng = Rng(5);
-        for n in FLOAT_LENS {
-            let a: Vec<f32> = (0..n).map(|_| (rng.next() % 17) as f32 - 8.0).collect();
-            let b: Vec<f32> = (0..n).map(|_| (rng.next() % 9) as f32 - 4.0).collect();
-            let h: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
-            assert_eq!(
-                (ops.dot_f32)(&a, &b),
-                scalar::dot_f32(&a, &b),
-                "dot_f32 len {n}"
-            );
-            assert_eq!(
-                (ops.dot_f16)(&h, &b),
-                scalar::dot_f16(&h, &b),
-                "dot_f16 len {n}"
-            );
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "dot_q4: lengths")]
-    fn dot_q4_checks_lengths() {
-        let Some(ops) = table() else {
-            panic!("dot_q4: lengths (skipped: CPU lacks AVX2/FMA/F16C)")
-        };
-        (ops.dot_q4)(&[], &[BlockQ8Act::default()]);
-    }
-
-    /// Single-thread throughput of the integer dots over matrix-sized weights (in cache), AVX2
-    /// against scalar. Run with `cargo test --release --lib kernels::avx2 -- --ignored
-    /// --nocapture`.
-    #[test]
-    #[ignore]
-    fn throughput() {
-        let Some(ops) = table() else { return };
-        let mut rng = Rng(1);
-        for (rows, cols) in [
-            (64, 768),
-            (2304, 768),
-            (768, 3072),
-            (6400, 1600),
-            (1600, 6400),
-        ] {
-            let nb = cols / QK;
-            let x = acts(&mut rng, nb, false);
-            let w8 = q8_weights(&mut rng, rows * nb, false);
-            let w4 = q4_weights(&mut rng, rows * nb, false);
-            // Fastest of many single passes: the machine is shared, preempted passes are slower.
-            let run = |name: &str, bytes: usize, f: &dyn Fn() -> f32| {
-                let mut sink = f();
-                let mut best = f64::INFINITY;
-                for _ in 0..(300_000_000 / bytes).max(50) {
-                    let t = std::time::Instant::now();
-                    sink += f();
-                    best = best.min(t.elapsed().as_secs_f64());
-                }
-                let gbs = bytes as f64 / best / 1e9;
-                println!("{rows}x{cols} {name:12} {gbs:7.2} GB/s  ({sink:e})");
-                gbs
-            };
-            let (x, w8, w4) = (&x, &w8, &w4);
-            let b8 = std::mem::size_of_val(w8.as_slice());
-            let b4 = std::mem::size_of_val(w4.as_slice());
-            let rows8 = |dot: fn(&[BlockQ8], &[BlockQ8Act]) -> f32| {
-                move || w8.chunks_exact(nb).map(|r| dot(r, x)).sum::<f32>()
-            };
-            let s8 = run("q8 scalar", b8, &rows8(scalar::dot_q8));
-            let v8 = run("q8 avx2", b8, &rows8(ops.dot_q8));
-            let rows4 = |dot: fn(&[BlockQ4], &[BlockQ8Act]) -> f32| {
-                move || w4.chunks_exact(nb).map(|r| dot(r, x)).sum::<f32>()
-            };
-            let s4 = run("q4 scalar", b4, &rows4(scalar::dot_q4));
-            let v4 = run("q4 avx2", b4, &rows4(ops.dot_q4));
-            let wh: Vec<f16> = (0..rows * cols).map(|_| f16::from_f32(rng.f32())).collect();
-            let xf: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
-            let (wh, xf) = (&wh, &xf);
-            let bh = std::mem::size_of_val(wh.as_slice());
-            let rows_h = |dot: fn(&[f16], &[f32]) -> f32| {
-                move || wh.chunks_exact(cols).map(|r| dot(r, xf)).sum::<f32>()
-            };
-            let sh = run("f16 scalar", bh, &rows_h(scalar::dot_f16));
-            let vh = run("f16 avx2", bh, &rows_h(ops.dot_f16));
-            println!(
-                "  speed-up q8 {:.1}x  q4 {:.1}x  f16 {:.1}x",
-                v8 / s8,
-                v4 / s4,
-                vh / sh
-            );
-        }
-    }
 }
