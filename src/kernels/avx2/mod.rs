@@ -1,8 +1,8 @@
 //! x86-64 AVX2 + FMA + F16C kernels: the [`Ops`] table the dispatcher picks on CPUs that have
 //! all three (Haswell / Zen and later).
 //!
-//! This module owns the SIMD twins of [`super::scalar`]'s `quantize_act`, `dot_q8`, `dot_q4`,
-//! `dot_f16` and `dot_f32` (the element-wise ops — GELU, softmax, layer norm, axpy — are in the
+//! This module owns the SIMD twins of [`super::scalar`]'s `quantize_act`, `matmul_q8`,
+//! `matmul_q4`, `dot_f16` and `dot_f32` (the element-wise ops — GELU, softmax, layer norm, axpy — are in the
 //! [`elem`] submodule). Each table entry is a safe wrapper that checks lengths like its scalar
 //! twin and calls a `#[target_feature]` implementation.
 //!
