@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 /// Tensors' element types are the quantisation module's; re-exported here because the tensor
 /// table stores them (by [`DType::code`]).
 pub use crate::quant::DType;
+use crate::quant::QK;
 
 #[cfg(target_endian = "big")]
 compile_error!(
@@ -277,18 +278,37 @@ impl<'a> Layout<'a> {
             .unwrap_or(&[])
     }
 
-    /// Checks every tensor's CRC-32; the error names the first damaged tensor.
+    /// Checks every tensor's CRC-32, and that q8 blocks hold no −128 (the format's codes are
+    /// `−127..=127`, which the kernels rely on); the error names the first bad tensor.
     pub fn verify_tensors(&self) -> Result<()> {
         for t in &self.tensors {
-            let crc = crc32fast::hash(self.data(t));
+            let data = self.data(t);
+            let crc = crc32fast::hash(data);
             if crc != t.crc32 {
                 return Err(Error::format(format!(
                     "tensor {} is damaged: CRC-32 {crc:08x}, the table says {:08x}",
                     t.name, t.crc32
                 )));
             }
+            if t.dtype == DType::Q8 {
+                check_q8_codes(&t.name, data)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// An error if a q8 block of `data` holds the code −128 (outside the format's `−127..=127`).
+fn check_q8_codes(name: &str, data: &[u8]) -> Result<()> {
+    const BLOCK: usize = 2 + QK;
+    match data
+        .chunks_exact(BLOCK)
+        .position(|b| b[2..].iter().map(|&q| (q == 0x80) as u32).sum::<u32>() > 0)
+    {
+        Some(i) => Err(Error::format(format!(
+            "tensor {name}: q8 block {i} holds the code -128 (q8 codes are -127..=127)"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -844,6 +864,23 @@ fn sync_parent_dir(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_code_minus_128_is_refused() {
+        let mut blocks = vec![0u8; 3 * (2 + QK)];
+        blocks[2 + QK + 2 + 5] = 0x81;
+        assert!(check_q8_codes("w", &blocks).is_ok());
+        blocks[2 * (2 + QK) + 2 + 31] = 0x80;
+        let err = check_q8_codes("w", &blocks).unwrap_err().to_string();
+        assert!(
+            err.contains("tensor w: q8 block 2 holds the code -128"),
+            "{err}"
+        );
+        // A scale byte of 0x80 is an f16 bit pattern, not a code.
+        let mut scale_only = vec![0u8; 2 + QK];
+        scale_only[1] = 0x80;
+        assert!(check_q8_codes("w", &scale_only).is_ok());
+    }
 
     fn hparams() -> HParams {
         HParams {

@@ -160,6 +160,13 @@ fn tensor_data(spec: &TensorSpec, len: usize, seed: u64) -> Vec<u8> {
             };
             for b in out.chunks_exact_mut(block) {
                 b[..2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+                if spec.dtype == DType::Q8 {
+                    // q8 codes are −127..=127: −128 becomes −127.
+                    b[2..]
+                        .iter_mut()
+                        .filter(|q| **q == 0x80)
+                        .for_each(|q| *q = 0x81);
+                }
             }
         }
     }
