@@ -218,10 +218,14 @@ impl RowDot for Q8Sdot {
     type W = BlockQ8;
     type Bytes = (int8x16_t, int8x16_t);
     const OFFSET: bool = false;
+    /// # Safety
+    /// As [`RowDot::load4`].
     #[inline(always)]
     unsafe fn load4(p: &mut [*const BlockQ8; 4]) -> (uint16x4_t, [Self::Bytes; 4]) {
         load_q8_rows(p)
     }
+    /// # Safety
+    /// As [`RowDot::accumulate`].
     #[inline(always)]
     unsafe fn accumulate(acc: int32x4_t, w: Self::Bytes, x: (int8x16_t, int8x16_t)) -> int32x4_t {
         sdot(sdot(acc, w.0, x.0), w.1, x.1)
@@ -232,10 +236,14 @@ impl RowDot for Q8Mull {
     type W = BlockQ8;
     type Bytes = (int8x16_t, int8x16_t);
     const OFFSET: bool = false;
+    /// # Safety
+    /// As [`RowDot::load4`].
     #[inline(always)]
     unsafe fn load4(p: &mut [*const BlockQ8; 4]) -> (uint16x4_t, [Self::Bytes; 4]) {
         load_q8_rows(p)
     }
+    /// # Safety
+    /// As [`RowDot::accumulate`].
     #[inline(always)]
     unsafe fn accumulate(acc: int32x4_t, w: Self::Bytes, x: (int8x16_t, int8x16_t)) -> int32x4_t {
         let (w0, w1) = w;
@@ -263,10 +271,14 @@ impl RowDot for Q4Sdot {
     type W = BlockQ4;
     type Bytes = uint8x16_t;
     const OFFSET: bool = true;
+    /// # Safety
+    /// As [`RowDot::load4`].
     #[inline(always)]
     unsafe fn load4(p: &mut [*const BlockQ4; 4]) -> (uint16x4_t, [Self::Bytes; 4]) {
         load_q4_rows(p)
     }
+    /// # Safety
+    /// As [`RowDot::accumulate`].
     #[inline(always)]
     unsafe fn accumulate(acc: int32x4_t, w: Self::Bytes, x: (int8x16_t, int8x16_t)) -> int32x4_t {
         let (lo, hi) = q4_codes(w);
@@ -278,10 +290,14 @@ impl RowDot for Q4Mull {
     type W = BlockQ4;
     type Bytes = uint8x16_t;
     const OFFSET: bool = true;
+    /// # Safety
+    /// As [`RowDot::load4`].
     #[inline(always)]
     unsafe fn load4(p: &mut [*const BlockQ4; 4]) -> (uint16x4_t, [Self::Bytes; 4]) {
         load_q4_rows(p)
     }
+    /// # Safety
+    /// As [`RowDot::accumulate`].
     #[inline(always)]
     unsafe fn accumulate(acc: int32x4_t, w: Self::Bytes, x: (int8x16_t, int8x16_t)) -> int32x4_t {
         let (lo, hi) = q4_codes(w);

@@ -76,6 +76,8 @@ pub(super) struct Mull;
 
 impl PackFormat for Q8 {
     type W = BlockQ8;
+    /// # Safety
+    /// As [`PackFormat::weights`].
     #[inline(always)]
     unsafe fn weights(w: &BlockQ8) -> (int8x16_t, int8x16_t) {
         let p = w.qs.as_ptr();
@@ -89,6 +91,8 @@ impl PackFormat for Q8 {
 
 impl PackFormat for Q4 {
     type W = BlockQ4;
+    /// # Safety
+    /// As [`PackFormat::weights`].
     #[inline(always)]
     unsafe fn weights(w: &BlockQ4) -> (int8x16_t, int8x16_t) {
         let v = vld1q_u8(w.qs.as_ptr());
@@ -105,6 +109,8 @@ impl PackFormat for Q4 {
 
 impl GroupDot for Sdot {
     const POINTER_LOADS: bool = true;
+    /// # Safety
+    /// As [`GroupDot::block`].
     #[inline(always)]
     unsafe fn block(q: &[int8x16_t; 8], x0: int8x16_t, x1: int8x16_t) -> int32x4_t {
         let mut acc = vdupq_n_s32(0);
@@ -138,6 +144,8 @@ impl GroupDot for Sdot {
 
 impl GroupDot for Mull {
     const POINTER_LOADS: bool = false;
+    /// # Safety
+    /// As [`GroupDot::block`].
     #[inline(always)]
     unsafe fn block(q: &[int8x16_t; 8], x0: int8x16_t, x1: int8x16_t) -> int32x4_t {
         // `lo` lanes hold rows 0, 0, 1, 1 and `hi` rows 2, 2, 3, 3.
