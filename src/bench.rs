@@ -33,6 +33,9 @@ pub struct Measurement {
     pub step_ms: Vec<f64>,
     /// Time to the first token's logits (the prefill), per repeat, in milliseconds.
     pub ttft_ms: Vec<f64>,
+    /// What else the machine did during the counted repeats (other processes, steal, context
+    /// switches, migrations), to tell a contended or disturbed measurement from a clean one.
+    pub activity: machine::Activity,
 }
 
 /// The median of `v` (0 for an empty slice).
@@ -107,11 +110,16 @@ pub fn measure(
         decode_tok_s: Vec::new(),
         step_ms: Vec::new(),
         ttft_ms: Vec::new(),
+        activity: machine::Activity::default(),
     };
+    let mut start_activity = machine::Activity::default();
     for r in 0..=repeats {
         let counted = r > 0;
         if counted {
             progress(r);
+        }
+        if r == 1 {
+            start_activity = machine::Activity::read();
         }
         if prompt > 0 {
             session.reset();
@@ -137,6 +145,9 @@ pub fn measure(
                 m.decode_tok_s.push(gen as f64 / secs(start.elapsed()));
             }
         }
+    }
+    if repeats > 0 {
+        m.activity = machine::Activity::read().since(&start_activity);
     }
     Ok(m)
 }
