@@ -309,10 +309,29 @@ impl Activity {
         self.cpu_percent(self.steal_s?, cpus)
     }
 
+    /// Of an interval: how many CPUs this process kept busy on average (its threads' CPU time
+    /// over the wall time; a waiting rayon worker spins for a while, so this is an upper bound
+    /// on useful work). Two threads stacked on one CPU show as at most 1.
+    pub fn own_cpus(&self) -> Option<f64> {
+        (self.wall_s >= MIN_INTERVAL_S).then(|| self.own_s.unwrap_or(0.0) / self.wall_s)
+    }
+
     fn cpu_percent(&self, cpu_s: f64, cpus: usize) -> Option<f64> {
         let capacity = self.wall_s * cpus.max(1) as f64;
         (self.wall_s >= MIN_INTERVAL_S).then(|| (100.0 * cpu_s / capacity).min(100.0))
     }
+}
+
+/// The CPU the calling thread last ran on (`/proc/thread-self/stat`'s `processor`), if the OS
+/// tells.
+pub fn current_cpu() -> Option<usize> {
+    parse_processor(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
+}
+
+fn parse_processor(stat: &str) -> Option<usize> {
+    // Field 39; the fields after the command name's closing parenthesis start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(39 - 3)?.parse().ok()
 }
 
 /// (busy, steal) CPU-seconds of all CPUs since boot, from `/proc/stat`'s `cpu` line.
@@ -430,6 +449,9 @@ mod tests {
         let own = "42 (my (odd) name) R 1 2 3 4 5 6 7 8 9 10 250 50 0 0";
         assert_eq!(parse_own_cpu(own), Some(3.0));
         assert_eq!(parse_migrations("se.nr_migrations   :   17\n"), Some(17));
+        let fields: Vec<String> = (3..=45).map(|f| f.to_string()).collect();
+        let stat = format!("7 (a b) {}", fields.join(" "));
+        assert_eq!(parse_processor(&stat), Some(39));
         let a = Activity {
             wall_s: 1.0,
             busy_s: Some(10.0),

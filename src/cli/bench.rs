@@ -100,7 +100,27 @@ impl Row {
     fn steal_pct(&self) -> Option<f64> {
         self.m.activity.steal_percent(machine::cores())
     }
+
+    /// The slowest worker's speed relative to one thread alone.
+    fn slowest_worker(&self) -> Option<f64> {
+        self.m
+            .worker_speed
+            .iter()
+            .map(|w| w.relative)
+            .min_by(f64::total_cmp)
+    }
+
+    /// A CPU that more than one worker ended the probe on.
+    fn shared_cpu(&self) -> Option<usize> {
+        let cpus: Vec<usize> = self.m.worker_speed.iter().filter_map(|w| w.cpu).collect();
+        cpus.iter()
+            .copied()
+            .find(|c| cpus.iter().filter(|&d| d == c).count() > 1)
+    }
 }
+
+/// Below this speed relative to one thread alone, a worker's CPU was shared or slower.
+const SLOW_WORKER: f64 = 0.8;
 
 /// Below this share of the weights on huge pages, decode reads them measurably slower.
 const HUGE_PAGES_WARN_PCT: f64 = 90.0;
@@ -298,20 +318,34 @@ fn opt_fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"))
 }
 
+fn pct(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.digits$}%"))
+}
+
 /// One line saying what could have disturbed a row's measurement.
 fn conditions_line(r: &Row) -> String {
     let a = &r.m.activity;
     let count = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
+    let workers: Vec<String> =
+        r.m.worker_speed
+            .iter()
+            .map(|w| match w.cpu {
+                Some(c) => format!("{:.2} (CPU {c})", w.relative),
+                None => format!("{:.2}", w.relative),
+            })
+            .collect();
     format!(
-        "{} {} t={}: weights {}% on huge pages; during the repeats other processes used {}% of the CPUs, the hypervisor stole {}%; {} involuntary context switches, {} migrations",
+        "{} {} t={}: weights {} on huge pages; during the repeats other processes used {} of the CPUs, the hypervisor stole {}, this process kept {} CPUs busy; {} involuntary context switches, {} migrations; workers' speed over one thread alone: {}",
         r.model,
         r.quant,
         r.m.threads,
-        opt_fmt(r.huge_pct(), 0),
-        opt_fmt(r.others_pct(), 0),
-        opt_fmt(r.steal_pct(), 1),
+        pct(r.huge_pct(), 0),
+        pct(r.others_pct(), 0),
+        pct(r.steal_pct(), 1),
+        opt_fmt(a.own_cpus(), 2),
         count(a.involuntary_switches),
         count(a.migrations),
+        workers.join(", "),
     )
 }
 
@@ -320,6 +354,15 @@ fn condition_warnings(r: &Row) -> Vec<String> {
     let mut w = Vec::new();
     if let Some(p) = r.huge_pct().filter(|&p| p < HUGE_PAGES_WARN_PCT) {
         w.push(format!("WARNING: only {p:.0}% of the weights are on huge pages (t={}); decode reads them slower than it could", r.m.threads));
+    }
+    if let Some(c) = r.shared_cpu() {
+        w.push(format!(
+            "WARNING: two of the t={} workers were on CPU {c} at once; the scheduler stacked them",
+            r.m.threads
+        ));
+    }
+    if let Some(s) = r.slowest_worker().filter(|&s| s < SLOW_WORKER) {
+        w.push(format!("WARNING: a t={} worker ran a fixed loop at {:.0}% of one thread's speed alone: its CPU was shared or ran slower (another process, or on a virtual machine a busy sibling on the host)", r.m.threads, 100.0 * s));
     }
     let busy = r.others_pct().unwrap_or(0.0) + r.steal_pct().unwrap_or(0.0);
     if busy > CONTENDED_PCT {
@@ -418,7 +461,8 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
                     "\"prefill_tok_s\":{:.3},\"prefill_tok_s_spread\":{:.3},\"decode_tok_s\":{:.3},\"decode_tok_s_spread\":{:.3},",
                     "\"ms_per_token_p50\":{:.4},\"ms_per_token_p90\":{:.4},\"ms_per_token_p99\":{:.4},\"ttft_ms\":{:.3},",
                     "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"roofline_pct\":{:.2},",
-                    "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"involuntary_switches\":{},\"migrations\":{}}}"
+                    "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"involuntary_switches\":{},\"migrations\":{},",
+                    "\"worker_speed\":[{}]}}"
                 ),
                 json_str(&r.model),
                 json_str(&r.quant),
@@ -443,8 +487,18 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
                 json_opt(r.huge_pct().map(|v| format!("{v:.2}"))),
                 json_opt(r.others_pct().map(|v| format!("{v:.2}"))),
                 json_opt(r.steal_pct().map(|v| format!("{v:.2}"))),
+                json_opt(r.m.activity.own_cpus().map(|v| format!("{v:.3}"))),
                 json_opt(r.m.activity.involuntary_switches),
                 json_opt(r.m.activity.migrations),
+                r.m.worker_speed
+                    .iter()
+                    .map(|w| format!(
+                        "{{\"cpu\":{},\"relative\":{:.3}}}",
+                        json_opt(w.cpu),
+                        w.relative
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(","),
             )
         })
         .collect();
@@ -473,7 +527,7 @@ fn print_csv(rows: &[Row]) -> Result<()> {
     let load = machine::load_average();
     for r in rows {
         outln!(
-            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{},{},{}",
             r.model.replace(',', " "),
             r.quant,
             r.m.threads,
@@ -493,6 +547,8 @@ fn print_csv(rows: &[Row]) -> Result<()> {
             csv_opt(r.huge_pct()),
             csv_opt(r.others_pct()),
             csv_opt(r.steal_pct()),
+            csv_opt(r.m.activity.own_cpus()),
+            csv_opt(r.slowest_worker()),
             r.m.activity.involuntary_switches.map_or(String::new(), |v| v.to_string()),
             r.m.activity.migrations.map_or(String::new(), |v| v.to_string()),
             csv_opt(load),
@@ -503,7 +559,7 @@ fn print_csv(rows: &[Row]) -> Result<()> {
 }
 
 /// The CSV columns, in order (`--rounds` reads its processes' rows by these names).
-const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,involuntary_switches,migrations,load_average,pid";
+const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,own_cpus,slowest_worker,involuntary_switches,migrations,load_average,pid";
 
 fn csv_opt(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| format!("{v:.2}"))

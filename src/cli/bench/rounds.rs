@@ -30,6 +30,8 @@ struct ProcessRow {
     huge_page_pct: Option<f64>,
     others_cpu_pct: Option<f64>,
     steal_pct: Option<f64>,
+    own_cpus: Option<f64>,
+    slowest_worker: Option<f64>,
     involuntary_switches: Option<u64>,
     migrations: Option<u64>,
     load_average: Option<f64>,
@@ -167,6 +169,8 @@ fn parse_csv(text: &str, round: usize) -> Result<Vec<ProcessRow>> {
             huge_page_pct: opt("huge_page_pct"),
             others_cpu_pct: opt("others_cpu_pct"),
             steal_pct: opt("steal_pct"),
+            own_cpus: opt("own_cpus"),
+            slowest_worker: opt("slowest_worker"),
             involuntary_switches: count("involuntary_switches"),
             migrations: count("migrations"),
             load_average: opt("load_average"),
@@ -286,11 +290,11 @@ fn print_table(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessR
         );
     }
     outln!();
-    outln!("| round | pid | model | quant | threads | pp tok/s | tg tok/s | membw GB/s | huge pages % | others' CPU % | steal % | invol. switches | migrations | load avg |");
-    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("| round | pid | model | quant | threads | pp tok/s | tg tok/s | membw GB/s | huge pages % | others' CPU % | steal % | CPUs busy | slowest worker | invol. switches | migrations | load avg |");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         outln!(
-            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.round,
             r.pid,
             r.model,
@@ -302,6 +306,8 @@ fn print_table(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessR
             cell(r.huge_page_pct, 0),
             cell(r.others_cpu_pct, 0),
             cell(r.steal_pct, 1),
+            cell(r.own_cpus, 2),
+            cell(r.slowest_worker, 2),
             count_cell(r.involuntary_switches),
             count_cell(r.migrations),
             cell(r.load_average, 2),
@@ -354,7 +360,8 @@ fn print_json(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessRo
                     format!(
                         concat!(
                             "{{\"round\":{},\"pid\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3},\"membw_gb_s\":{:.3},",
-                            "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"involuntary_switches\":{},\"migrations\":{},\"load_average\":{}}}"
+                            "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"slowest_worker\":{},",
+                            "\"involuntary_switches\":{},\"migrations\":{},\"load_average\":{}}}"
                         ),
                         r.round,
                         r.pid,
@@ -364,6 +371,8 @@ fn print_json(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessRo
                         json_opt(r.huge_page_pct),
                         json_opt(r.others_cpu_pct),
                         json_opt(r.steal_pct),
+                        json_opt(r.own_cpus),
+                        json_opt(r.slowest_worker),
                         json_opt(r.involuntary_switches),
                         json_opt(r.migrations),
                         json_opt(r.load_average),
@@ -415,7 +424,7 @@ mod tests {
         s
     }
 
-    const ROW: &str = "synthetic 124M,q8,2,128,128,128,f16,700.5,220.25,4.5,5.4,6.7,182.6,28.9,35.0,83.00,100.00,12.50,0.10,7,3,1.25,4242";
+    const ROW: &str = "synthetic 124M,q8,2,128,128,128,f16,700.5,220.25,4.5,5.4,6.7,182.6,28.9,35.0,83.00,100.00,12.50,0.10,1.90,0.95,7,3,1.25,4242";
 
     #[test]
     fn process_rows_are_read_by_column_name() {
@@ -440,7 +449,8 @@ mod tests {
             (Some(7), Some(3), Some(1.25))
         );
         // Probes the OS did not answer are empty cells.
-        let blank = ROW.replace(",100.00,12.50,0.10,7,3,1.25,", ",,,,,,,");
+        assert_eq!((r.own_cpus, r.slowest_worker), (Some(1.9), Some(0.95)));
+        let blank = ROW.replace(",100.00,12.50,0.10,1.90,0.95,7,3,1.25,", ",,,,,,,,,");
         let r = &parse_csv(&csv(&[&blank]), 1).unwrap()[0];
         assert_eq!(
             (r.huge_page_pct, r.migrations, r.load_average),
