@@ -322,6 +322,34 @@ impl Activity {
     }
 }
 
+/// Pins the calling thread to CPU `cpu` (Linux `sched_setaffinity`); returns whether the OS
+/// allowed it (not where `cpu` is outside this process's allowed set, nor off Linux).
+pub fn pin_current_thread(cpu: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // glibc's and musl's cpu_set_t: 1024 bits, CPU n at bit n % 8 of byte n / 8 (the
+        // layout of little- and big-endian u64 words alike only on little-endian targets, which
+        // every target gpt2q builds for is).
+        const WORDS: usize = 16;
+        if cpu >= WORDS * 64 || cfg!(target_endian = "big") {
+            return false;
+        }
+        let mut mask = [0u64; WORDS];
+        mask[cpu / 64] |= 1 << (cpu % 64);
+        extern "C" {
+            fn sched_setaffinity(pid: i32, cpusetsize: usize, mask: *const u64) -> i32;
+        }
+        // SAFETY: pid 0 is the calling thread; `mask` is a live, initialised buffer of exactly
+        // `cpusetsize` bytes that the call only reads.
+        unsafe { sched_setaffinity(0, std::mem::size_of_val(&mask), mask.as_ptr()) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = cpu;
+        false
+    }
+}
+
 /// The CPU the calling thread last ran on (`/proc/thread-self/stat`'s `processor`), if the OS
 /// tells.
 pub fn current_cpu() -> Option<usize> {
@@ -440,6 +468,24 @@ mod tests {
             parse_huge_pages(smaps, 0x9000, 0xa000),
             HugePages::default()
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pinned_thread_runs_on_its_cpu() {
+        // The CPU the thread is on is in its allowed set, whatever the machine restricts.
+        let (wanted, got) = std::thread::spawn(|| {
+            let cpu = current_cpu().expect("Linux tells the CPU");
+            assert!(pin_current_thread(cpu), "CPU {cpu} is allowed");
+            std::thread::yield_now();
+            (cpu, current_cpu())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, Some(wanted));
+        assert!(!std::thread::spawn(|| pin_current_thread(1 << 20))
+            .join()
+            .unwrap());
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct Args {
     /// the next shows here, where one process's repeats would hide it.
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
+    /// Pin pool thread i to CPU i, so the scheduler can neither stack two workers on one CPU
+    /// nor move them (an experiment: on a busy machine a pinned thread cannot escape a busy CPU).
+    #[arg(long)]
+    pin: bool,
 }
 
 /// One row of the report.
@@ -73,6 +77,8 @@ struct Row {
     membw_gbs: f64,
     /// How much of the model's memory is on huge pages, if the OS tells.
     huge: Option<HugePages>,
+    /// Whether worker i was pinned to CPU i (`--pin`).
+    pinned: bool,
     m: Measurement,
 }
 
@@ -140,7 +146,7 @@ pub fn run(args: Args) -> Result<()> {
         return rounds::run(&args, n);
     }
     let before = Machine::probe();
-    let membw = bandwidths(&threads)?;
+    let membw = bandwidths(&threads, args.pin)?;
     if args.membw {
         for (t, gbs) in &membw {
             outln!("memory bandwidth (streaming read, {t} threads): {gbs:.1} GB/s");
@@ -176,18 +182,26 @@ fn thread_list(requested: &[usize]) -> Result<Vec<usize>> {
     Ok(requested.to_vec())
 }
 
-fn pool(threads: usize) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+fn pool(threads: usize, pin: bool) -> Result<rayon::ThreadPool> {
+    let cores = machine::cores();
+    let mut builder = rayon::ThreadPoolBuilder::new().num_threads(threads);
+    if pin {
+        builder = builder.start_handler(move |i| {
+            if !machine::pin_current_thread(i % cores) {
+                eprintln!("gpt2q bench: could not pin worker {i} to CPU {}", i % cores);
+            }
+        });
+    }
+    builder
         .build()
         .map_err(|e| Error::invalid(format!("cannot start {threads} threads: {e}")))
 }
 
-fn bandwidths(threads: &[usize]) -> Result<Vec<(usize, f64)>> {
+fn bandwidths(threads: &[usize], pin: bool) -> Result<Vec<(usize, f64)>> {
     let bytes = bench::bandwidth_buffer_bytes();
     threads
         .iter()
-        .map(|&t| Ok((t, pool(t)?.install(|| bench::memory_bandwidth(bytes)))))
+        .map(|&t| Ok((t, pool(t, pin)?.install(|| bench::memory_bandwidth(bytes)))))
         .collect()
 }
 
@@ -244,7 +258,7 @@ fn bench_file(
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let quant = model.meta("quant").unwrap_or("?").to_string();
     for (&t, &(_, gbs)) in threads.iter().zip(membw) {
-        let m = pool(t)?.install(|| {
+        let m = pool(t, args.pin)?.install(|| {
             let cache = CacheSpec {
                 ctx: args.ctx,
                 kv: args.kv,
@@ -260,6 +274,7 @@ fn bench_file(
             weight_bytes: model.weight_bytes_per_token(),
             membw_gbs: gbs,
             huge: machine::huge_page_residency(file.bytes()),
+            pinned: args.pin,
             m,
         });
     }
@@ -335,10 +350,11 @@ fn conditions_line(r: &Row) -> String {
             })
             .collect();
     format!(
-        "{} {} t={}: weights {} on huge pages; during the repeats other processes used {} of the CPUs, the hypervisor stole {}, this process kept {} CPUs busy; {} involuntary context switches, {} migrations; workers' speed over one thread alone: {}",
+        "{} {} t={}{}: weights {} on huge pages; during the repeats other processes used {} of the CPUs, the hypervisor stole {}, this process kept {} CPUs busy; {} involuntary context switches, {} migrations; workers' speed over one thread alone: {}",
         r.model,
         r.quant,
         r.m.threads,
+        if r.pinned { " (workers pinned)" } else { "" },
         pct(r.huge_pct(), 0),
         pct(r.others_pct(), 0),
         pct(r.steal_pct(), 1),
@@ -462,7 +478,7 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
                     "\"ms_per_token_p50\":{:.4},\"ms_per_token_p90\":{:.4},\"ms_per_token_p99\":{:.4},\"ttft_ms\":{:.3},",
                     "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"roofline_pct\":{:.2},",
                     "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"involuntary_switches\":{},\"migrations\":{},",
-                    "\"worker_speed\":[{}]}}"
+                    "\"pinned\":{},\"worker_speed\":[{}]}}"
                 ),
                 json_str(&r.model),
                 json_str(&r.quant),
@@ -490,6 +506,7 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
                 json_opt(r.m.activity.own_cpus().map(|v| format!("{v:.3}"))),
                 json_opt(r.m.activity.involuntary_switches),
                 json_opt(r.m.activity.migrations),
+                r.pinned,
                 r.m.worker_speed
                     .iter()
                     .map(|w| format!(

@@ -116,6 +116,9 @@ fn child_args(args: &Args) -> Vec<OsString> {
     if args.mmap {
         v.push("--mmap".into());
     }
+    if args.pin {
+        v.push("--pin".into());
+    }
     v
 }
 
