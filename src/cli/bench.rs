@@ -116,6 +116,17 @@ impl Row {
             .min_by(f64::total_cmp)
     }
 
+    /// The CPUs the workers ended the speed probe on, space separated ("?" where unknown).
+    fn worker_cpus(&self) -> String {
+        let cpu = |w: &bench::WorkerSpeed| w.cpu.map_or("?".to_string(), |c| c.to_string());
+        self.m
+            .worker_speed
+            .iter()
+            .map(cpu)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// A CPU that more than one worker ended the probe on.
     fn shared_cpu(&self) -> Option<usize> {
         let cpus: Vec<usize> = self.m.worker_speed.iter().filter_map(|w| w.cpu).collect();
@@ -544,7 +555,7 @@ fn print_csv(rows: &[Row]) -> Result<()> {
     let load = machine::load_average();
     for r in rows {
         outln!(
-            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{},{},{},{}",
             r.model.replace(',', " "),
             r.quant,
             r.m.threads,
@@ -566,6 +577,7 @@ fn print_csv(rows: &[Row]) -> Result<()> {
             csv_opt(r.steal_pct()),
             csv_opt(r.m.activity.own_cpus()),
             csv_opt(r.slowest_worker()),
+            r.worker_cpus(),
             r.m.activity.involuntary_switches.map_or(String::new(), |v| v.to_string()),
             r.m.activity.migrations.map_or(String::new(), |v| v.to_string()),
             csv_opt(load),
@@ -576,7 +588,7 @@ fn print_csv(rows: &[Row]) -> Result<()> {
 }
 
 /// The CSV columns, in order (`--rounds` reads its processes' rows by these names).
-const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,own_cpus,slowest_worker,involuntary_switches,migrations,load_average,pid";
+const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,own_cpus,slowest_worker,worker_cpus,involuntary_switches,migrations,load_average,pid";
 
 fn csv_opt(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| format!("{v:.2}"))

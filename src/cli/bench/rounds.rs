@@ -32,6 +32,8 @@ struct ProcessRow {
     steal_pct: Option<f64>,
     own_cpus: Option<f64>,
     slowest_worker: Option<f64>,
+    /// The CPUs the workers ended the speed probe on ("0 1"; one CPU twice: stacked).
+    worker_cpus: String,
     involuntary_switches: Option<u64>,
     migrations: Option<u64>,
     load_average: Option<f64>,
@@ -174,6 +176,7 @@ fn parse_csv(text: &str, round: usize) -> Result<Vec<ProcessRow>> {
             steal_pct: opt("steal_pct"),
             own_cpus: opt("own_cpus"),
             slowest_worker: opt("slowest_worker"),
+            worker_cpus: column("worker_cpus").map_or(String::new(), |i| cells[i].to_string()),
             involuntary_switches: count("involuntary_switches"),
             migrations: count("migrations"),
             load_average: opt("load_average"),
@@ -293,11 +296,11 @@ fn print_table(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessR
         );
     }
     outln!();
-    outln!("| round | pid | model | quant | threads | pp tok/s | tg tok/s | membw GB/s | huge pages % | others' CPU % | steal % | CPUs busy | slowest worker | invol. switches | migrations | load avg |");
-    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("| round | pid | model | quant | threads | pp tok/s | tg tok/s | membw GB/s | huge pages % | others' CPU % | steal % | CPUs busy | slowest worker | worker CPUs | invol. switches | migrations | load avg |");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         outln!(
-            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.round,
             r.pid,
             r.model,
@@ -311,6 +314,7 @@ fn print_table(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessR
             cell(r.steal_pct, 1),
             cell(r.own_cpus, 2),
             cell(r.slowest_worker, 2),
+            r.worker_cpus,
             count_cell(r.involuntary_switches),
             count_cell(r.migrations),
             cell(r.load_average, 2),
@@ -335,6 +339,13 @@ fn warnings(configs: &[Config<'_>]) -> Vec<String> {
                 c.model, c.quant, c.threads, d.min, d.max, 100.0 * (1.0 - d.ratio())
             ));
         }
+        let stacked = c.rows.iter().filter(|r| stacked(&r.worker_cpus)).count();
+        if stacked > 0 {
+            out.push(format!(
+                "WARNING: {} {} t={}: in {stacked} of {} processes two workers were on one CPU at once (the scheduler stacked them; --pin prevents it)",
+                c.model, c.quant, c.threads, c.rows.len()
+            ));
+        }
         let contended = c
             .rows
             .iter()
@@ -352,6 +363,15 @@ fn warnings(configs: &[Config<'_>]) -> Vec<String> {
     out
 }
 
+/// Whether a `worker_cpus` cell names one CPU twice.
+fn stacked(worker_cpus: &str) -> bool {
+    let cpus: Vec<&str> = worker_cpus
+        .split_whitespace()
+        .filter(|c| *c != "?")
+        .collect();
+    cpus.iter().enumerate().any(|(i, c)| cpus[..i].contains(c))
+}
+
 fn print_json(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessRow]) -> Result<()> {
     let results: Vec<String> = configs(rows)
         .iter()
@@ -363,7 +383,7 @@ fn print_json(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessRo
                     format!(
                         concat!(
                             "{{\"round\":{},\"pid\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3},\"membw_gb_s\":{:.3},",
-                            "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"slowest_worker\":{},",
+                            "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"slowest_worker\":{},\"worker_cpus\":{},",
                             "\"involuntary_switches\":{},\"migrations\":{},\"load_average\":{}}}"
                         ),
                         r.round,
@@ -376,6 +396,7 @@ fn print_json(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessRo
                         json_opt(r.steal_pct),
                         json_opt(r.own_cpus),
                         json_opt(r.slowest_worker),
+                        json_str(&r.worker_cpus),
                         json_opt(r.involuntary_switches),
                         json_opt(r.migrations),
                         json_opt(r.load_average),
@@ -427,7 +448,7 @@ mod tests {
         s
     }
 
-    const ROW: &str = "synthetic 124M,q8,2,128,128,128,f16,700.5,220.25,4.5,5.4,6.7,182.6,28.9,35.0,83.00,100.00,12.50,0.10,1.90,0.95,7,3,1.25,4242";
+    const ROW: &str = "synthetic 124M,q8,2,128,128,128,f16,700.5,220.25,4.5,5.4,6.7,182.6,28.9,35.0,83.00,100.00,12.50,0.10,1.90,0.95,0 1,7,3,1.25,4242";
 
     #[test]
     fn process_rows_are_read_by_column_name() {
@@ -453,7 +474,8 @@ mod tests {
         );
         // Probes the OS did not answer are empty cells.
         assert_eq!((r.own_cpus, r.slowest_worker), (Some(1.9), Some(0.95)));
-        let blank = ROW.replace(",100.00,12.50,0.10,1.90,0.95,7,3,1.25,", ",,,,,,,,,");
+        assert_eq!(r.worker_cpus, "0 1");
+        let blank = ROW.replace(",100.00,12.50,0.10,1.90,0.95,0 1,7,3,1.25,", ",,,,,,,,,,");
         let r = &parse_csv(&csv(&[&blank]), 1).unwrap()[0];
         assert_eq!(
             (r.huge_page_pct, r.migrations, r.load_average),
@@ -486,7 +508,13 @@ mod tests {
             w.iter().any(|w| w.contains("differs between processes")),
             "{w:?}"
         );
-        assert!(w.iter().any(|w| w.contains("in 3 of 3 processes")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("in 3 of 3 processes other work")),
+            "{w:?}"
+        );
+        assert!(!w.iter().any(|w| w.contains("stacked")), "{w:?}");
+        assert!(stacked("1 1") && stacked("0 1 0") && !stacked("0 1") && !stacked("? ?"));
         assert_eq!(Spread::of(&[5.0, 5.0]).ratio(), 1.0);
     }
 }
