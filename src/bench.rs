@@ -33,6 +33,56 @@ pub struct Measurement {
     pub step_ms: Vec<f64>,
     /// Time to the first token's logits (the prefill), per repeat, in milliseconds.
     pub ttft_ms: Vec<f64>,
+    /// What else the machine did during the counted repeats (other processes, steal, context
+    /// switches, migrations), to tell a contended or disturbed measurement from a clean one.
+    pub activity: machine::Activity,
+    /// Each pool thread's speed on a fixed scalar loop run by all of them at once, relative to
+    /// one thread running it alone, with the CPU it ran on; the slower of a probe before and
+    /// one after the repeats. A worker well under 1 shared its CPU (with another process, or
+    /// with another worker), or its CPU ran slower (frequency, or a busy SMT sibling on a
+    /// virtual machine's host).
+    pub worker_speed: Vec<WorkerSpeed>,
+}
+
+/// One pool thread's result in [`Measurement::worker_speed`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WorkerSpeed {
+    /// The CPU the thread was on after the probe, if the OS tells.
+    pub cpu: Option<usize>,
+    /// Its speed over one thread's alone (1 = as fast).
+    pub relative: f64,
+}
+
+/// Iterations of the speed probe's dependent integer chain (a few milliseconds).
+const PROBE_ITERATIONS: u64 = 3_000_000;
+
+/// Iterations per second of a dependent multiply-xorshift chain on the calling thread.
+fn probe_rate() -> f64 {
+    let t = Instant::now();
+    let mut x = std::hint::black_box(0x9e37_79b9_7f4a_7c15u64);
+    for _ in 0..PROBE_ITERATIONS {
+        x = x.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (x >> 29);
+    }
+    std::hint::black_box(x);
+    PROBE_ITERATIONS as f64 / secs(t.elapsed())
+}
+
+/// [`Measurement::worker_speed`] now, on the current rayon pool: the loop on this thread alone
+/// (the best of three), then on every thread at once.
+pub fn worker_speeds() -> Vec<WorkerSpeed> {
+    let alone = (0..3).map(|_| probe_rate()).fold(0f64, f64::max);
+    rayon::broadcast(|_| WorkerSpeed {
+        relative: probe_rate() / alone.max(1e-9),
+        cpu: machine::current_cpu(),
+    })
+}
+
+/// Per thread, the slower of two probes.
+fn slower(a: Vec<WorkerSpeed>, b: Vec<WorkerSpeed>) -> Vec<WorkerSpeed> {
+    a.into_iter()
+        .zip(b)
+        .map(|(a, b)| if b.relative < a.relative { b } else { a })
+        .collect()
 }
 
 /// The median of `v` (0 for an empty slice).
@@ -107,11 +157,18 @@ pub fn measure(
         decode_tok_s: Vec::new(),
         step_ms: Vec::new(),
         ttft_ms: Vec::new(),
+        activity: machine::Activity::default(),
+        worker_speed: Vec::new(),
     };
+    let speed_before = worker_speeds();
+    let mut start_activity = machine::Activity::default();
     for r in 0..=repeats {
         let counted = r > 0;
         if counted {
             progress(r);
+        }
+        if r == 1 {
+            start_activity = machine::Activity::read();
         }
         if prompt > 0 {
             session.reset();
@@ -138,6 +195,10 @@ pub fn measure(
             }
         }
     }
+    if repeats > 0 {
+        m.activity = machine::Activity::read().since(&start_activity);
+    }
+    m.worker_speed = slower(speed_before, worker_speeds());
     Ok(m)
 }
 

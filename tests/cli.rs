@@ -388,8 +388,88 @@ fn bench_json_parses_and_names_its_fields() {
             assert!(r[key].as_f64().unwrap() > 0.0, "{key} in {r}");
         }
         assert_eq!(r["gen_tokens"], 8);
+        // What could have disturbed the run: numbers, or null where the OS does not tell.
+        for key in [
+            "huge_page_pct",
+            "others_cpu_pct",
+            "steal_pct",
+            "involuntary_switches",
+            "migrations",
+        ] {
+            assert!(r[key].is_number() || r[key].is_null(), "{key} in {r}");
+        }
     }
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(v["machine"]["pid"].as_u64().is_some());
+}
+
+#[test]
+fn bench_rounds_runs_fresh_processes_and_reports_each() {
+    assert_fails(&gpt2q(&["bench", "--rounds", "0"]), 2, "at least 1");
+    assert_fails(&gpt2q(&["bench", "--rounds", "2", "--membw"]), 2, "--membw");
+    // Each round starts this binary again, which user-mode emulation cannot do without
+    // binfmt_misc; the code is the same on every target.
+    if common::emulated() {
+        return;
+    }
+    let small = ["-p", "4", "-n", "4", "-r", "1", "-t", "1,2"];
+    let o = gpt2q(&[&["bench", "--rounds", "3", "--format", "json"], &small[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    assert_eq!(v["rounds"], 3);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "one result per thread count");
+    let mut pids = Vec::new();
+    for (r, threads) in results.iter().zip([1, 2]) {
+        assert_eq!(r["threads"], threads);
+        let processes = r["processes"].as_array().unwrap();
+        assert_eq!(processes.len(), 3, "{r}");
+        let decode: Vec<f64> = processes
+            .iter()
+            .map(|p| p["decode_tok_s"].as_f64().unwrap())
+            .collect();
+        assert!(decode.iter().all(|&d| d > 0.0), "{r}");
+        let fastest = decode.iter().copied().fold(0.0, f64::max);
+        let slowest = decode.iter().copied().fold(f64::MAX, f64::min);
+        assert_eq!(r["decode_tok_s"]["max"].as_f64().unwrap(), fastest);
+        assert_eq!(r["decode_tok_s"]["min"].as_f64().unwrap(), slowest);
+        let ratio = r["decode_slowest_over_fastest"].as_f64().unwrap();
+        assert!((ratio - slowest / fastest).abs() < 1e-3, "{r}");
+        let rounds: Vec<u64> = processes
+            .iter()
+            .map(|p| p["round"].as_u64().unwrap())
+            .collect();
+        assert_eq!(rounds, [1, 2, 3]);
+        pids.push(
+            processes
+                .iter()
+                .map(|p| p["pid"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Both thread counts of a round come from one process; the three rounds from three others,
+    // none of them the process that reports.
+    assert_eq!(pids[0], pids[1]);
+    let mut distinct = pids[0].clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+    assert!(!distinct.contains(&v["machine"]["pid"].as_u64().unwrap()));
+
+    let o = gpt2q(&[&["bench", "--rounds", "2"], &small[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("2 fresh processes"), "{out}");
+    assert!(out.contains("| round | pid |"), "{out}");
+    for round in ["| 1 |", "| 2 |"] {
+        let rows = out.lines().filter(|l| l.starts_with(round)).count();
+        assert_eq!(rows, 2, "{round} once per thread count: {out}");
+    }
+    let o = gpt2q(&[&["bench", "--rounds", "2", "--format", "csv"], &small[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("round,model,quant,threads,"), "{out}");
+    assert_eq!(out.lines().count(), 1 + 2 * 2, "{out}");
 }
 
 #[test]

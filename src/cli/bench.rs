@@ -1,4 +1,8 @@
-//! `gpt2q bench`: tokens per second, the roofline and the machine, as a table, JSON or CSV.
+//! `gpt2q bench`: tokens per second, the roofline and the machine, as a table, JSON or CSV,
+//! with what could have disturbed the measurement (other processes, steal, migrations, weights
+//! not on huge pages). `--rounds` reruns it all in fresh processes (see [`rounds`]).
+
+mod rounds;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,7 +11,7 @@ use std::time::Instant;
 use gpt2q::bench::{self, CacheSpec, Measurement};
 use gpt2q::kernels;
 use gpt2q::kv_cache::KvType;
-use gpt2q::machine::{self, Machine};
+use gpt2q::machine::{self, HugePages, Machine};
 use gpt2q::mmap::ModelFile;
 use gpt2q::model::Model;
 use gpt2q::quant::DType;
@@ -53,6 +57,15 @@ pub struct Args {
     /// Map the model file instead of reading it into memory on huge pages (as `run --mmap`).
     #[arg(long)]
     mmap: bool,
+    /// Rerun the whole measurement in N fresh processes of this program with the same flags and
+    /// report each process's medians and their spread: a speed that differs from one process to
+    /// the next shows here, where one process's repeats would hide it.
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// Pin pool thread i to CPU i, so the scheduler can neither stack two workers on one CPU
+    /// nor move them (an experiment: on a busy machine a pinned thread cannot escape a busy CPU).
+    #[arg(long)]
+    pin: bool,
 }
 
 /// One row of the report.
@@ -62,6 +75,10 @@ struct Row {
     load_ms: f64,
     weight_bytes: usize,
     membw_gbs: f64,
+    /// How much of the model's memory is on huge pages, if the OS tells.
+    huge: Option<HugePages>,
+    /// Whether worker i was pinned to CPU i (`--pin`).
+    pinned: bool,
     m: Measurement,
 }
 
@@ -77,7 +94,56 @@ impl Row {
     fn roofline_pct(&self) -> f64 {
         100.0 * self.achieved_gbs() / self.membw_gbs.max(1e-9)
     }
+
+    fn huge_pct(&self) -> Option<f64> {
+        self.huge.map(|h| h.percent())
+    }
+
+    fn others_pct(&self) -> Option<f64> {
+        self.m.activity.others_percent(machine::cores())
+    }
+
+    fn steal_pct(&self) -> Option<f64> {
+        self.m.activity.steal_percent(machine::cores())
+    }
+
+    /// The slowest worker's speed relative to one thread alone.
+    fn slowest_worker(&self) -> Option<f64> {
+        self.m
+            .worker_speed
+            .iter()
+            .map(|w| w.relative)
+            .min_by(f64::total_cmp)
+    }
+
+    /// The CPUs the workers ended the speed probe on, space separated ("?" where unknown).
+    fn worker_cpus(&self) -> String {
+        let cpu = |w: &bench::WorkerSpeed| w.cpu.map_or("?".to_string(), |c| c.to_string());
+        self.m
+            .worker_speed
+            .iter()
+            .map(cpu)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// A CPU that more than one worker ended the probe on.
+    fn shared_cpu(&self) -> Option<usize> {
+        let cpus: Vec<usize> = self.m.worker_speed.iter().filter_map(|w| w.cpu).collect();
+        cpus.iter()
+            .copied()
+            .find(|c| cpus.iter().filter(|&d| d == c).count() > 1)
+    }
 }
+
+/// Below this speed relative to one thread alone, a worker's CPU was shared or slower.
+const SLOW_WORKER: f64 = 0.8;
+
+/// Below this share of the weights on huge pages, decode reads them measurably slower.
+const HUGE_PAGES_WARN_PCT: f64 = 90.0;
+/// Above this share of the CPUs used by other processes (or stolen by the hypervisor) during a
+/// measurement, its numbers are contended.
+const CONTENDED_PCT: f64 = 10.0;
 
 pub fn run(args: Args) -> Result<()> {
     if !matches!(args.format.as_str(), "table" | "json" | "csv") {
@@ -87,8 +153,11 @@ pub fn run(args: Args) -> Result<()> {
         )));
     }
     let threads = thread_list(&args.threads)?;
+    if let Some(n) = args.rounds {
+        return rounds::run(&args, n);
+    }
     let before = Machine::probe();
-    let membw = bandwidths(&threads)?;
+    let membw = bandwidths(&threads, args.pin)?;
     if args.membw {
         for (t, gbs) in &membw {
             outln!("memory bandwidth (streaming read, {t} threads): {gbs:.1} GB/s");
@@ -124,18 +193,26 @@ fn thread_list(requested: &[usize]) -> Result<Vec<usize>> {
     Ok(requested.to_vec())
 }
 
-fn pool(threads: usize) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+fn pool(threads: usize, pin: bool) -> Result<rayon::ThreadPool> {
+    let cores = machine::cores();
+    let mut builder = rayon::ThreadPoolBuilder::new().num_threads(threads);
+    if pin {
+        builder = builder.start_handler(move |i| {
+            if !machine::pin_current_thread(i % cores) {
+                eprintln!("gpt2q bench: could not pin worker {i} to CPU {}", i % cores);
+            }
+        });
+    }
+    builder
         .build()
         .map_err(|e| Error::invalid(format!("cannot start {threads} threads: {e}")))
 }
 
-fn bandwidths(threads: &[usize]) -> Result<Vec<(usize, f64)>> {
+fn bandwidths(threads: &[usize], pin: bool) -> Result<Vec<(usize, f64)>> {
     let bytes = bench::bandwidth_buffer_bytes();
     threads
         .iter()
-        .map(|&t| Ok((t, pool(t)?.install(|| bench::memory_bandwidth(bytes)))))
+        .map(|&t| Ok((t, pool(t, pin)?.install(|| bench::memory_bandwidth(bytes)))))
         .collect()
 }
 
@@ -192,7 +269,7 @@ fn bench_file(
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let quant = model.meta("quant").unwrap_or("?").to_string();
     for (&t, &(_, gbs)) in threads.iter().zip(membw) {
-        let m = pool(t)?.install(|| {
+        let m = pool(t, args.pin)?.install(|| {
             let cache = CacheSpec {
                 ctx: args.ctx,
                 kv: args.kv,
@@ -207,13 +284,20 @@ fn bench_file(
             load_ms,
             weight_bytes: model.weight_bytes_per_token(),
             membw_gbs: gbs,
+            huge: machine::huge_page_residency(file.bytes()),
+            pinned: args.pin,
             m,
         });
     }
+    progress_done();
+    Ok(())
+}
+
+/// Clears the progress line.
+fn progress_done() {
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K");
     }
-    Ok(())
 }
 
 fn spread(v: &[f64]) -> f64 {
@@ -247,7 +331,71 @@ fn machine_line(m: &Machine) -> String {
     if let Some(t) = m.temperature_c {
         s += &format!(", {t:.1} °C");
     }
+    if let Some(g) = &m.governor {
+        s += &format!(", governor: {g}");
+    }
+    if let Some(l) = m.load_average {
+        s += &format!(", load average {l:.2}");
+    }
     s
+}
+
+fn opt_fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"))
+}
+
+fn pct(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v:.digits$}%"))
+}
+
+/// One line saying what could have disturbed a row's measurement.
+fn conditions_line(r: &Row) -> String {
+    let a = &r.m.activity;
+    let count = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
+    let workers: Vec<String> =
+        r.m.worker_speed
+            .iter()
+            .map(|w| match w.cpu {
+                Some(c) => format!("{:.2} (CPU {c})", w.relative),
+                None => format!("{:.2}", w.relative),
+            })
+            .collect();
+    format!(
+        "{} {} t={}{}: weights {} on huge pages; during the repeats other processes used {} of the CPUs, the hypervisor stole {}, this process kept {} CPUs busy; {} involuntary context switches, {} migrations; workers' speed over one thread alone: {}",
+        r.model,
+        r.quant,
+        r.m.threads,
+        if r.pinned { " (workers pinned)" } else { "" },
+        pct(r.huge_pct(), 0),
+        pct(r.others_pct(), 0),
+        pct(r.steal_pct(), 1),
+        opt_fmt(a.own_cpus(), 2),
+        count(a.involuntary_switches),
+        count(a.migrations),
+        workers.join(", "),
+    )
+}
+
+/// Warnings for what makes a row's numbers not the machine's clean speed.
+fn condition_warnings(r: &Row) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(p) = r.huge_pct().filter(|&p| p < HUGE_PAGES_WARN_PCT) {
+        w.push(format!("WARNING: only {p:.0}% of the weights are on huge pages (t={}); decode reads them slower than it could", r.m.threads));
+    }
+    if let Some(c) = r.shared_cpu() {
+        w.push(format!(
+            "WARNING: two of the t={} workers were on CPU {c} at once; the scheduler stacked them",
+            r.m.threads
+        ));
+    }
+    if let Some(s) = r.slowest_worker().filter(|&s| s < SLOW_WORKER) {
+        w.push(format!("WARNING: a t={} worker ran a fixed loop at {:.0}% of one thread's speed alone: its CPU was shared or ran slower (another process, or on a virtual machine a busy sibling on the host)", r.m.threads, 100.0 * s));
+    }
+    let busy = r.others_pct().unwrap_or(0.0) + r.steal_pct().unwrap_or(0.0);
+    if busy > CONTENDED_PCT {
+        w.push(format!("WARNING: other work took {busy:.0}% of the CPUs during the t={} repeats; these numbers are contended", r.m.threads));
+    }
+    w
 }
 
 fn throttle_warning(before: &Machine, after: &Machine) -> Option<String> {
@@ -289,6 +437,13 @@ fn print_table(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
             r.roofline_pct(),
             r.load_ms,
         );
+    }
+    outln!();
+    for r in rows {
+        outln!("{}", conditions_line(r));
+    }
+    for w in rows.iter().flat_map(condition_warnings) {
+        outln!("{w}");
     }
     if let (Some(r), Some(rss)) = (rows.first(), machine::peak_rss_bytes()) {
         outln!();
@@ -332,7 +487,9 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
                     "{{\"model\":{},\"quant\":{},\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"ctx\":{},\"kv\":{},",
                     "\"prefill_tok_s\":{:.3},\"prefill_tok_s_spread\":{:.3},\"decode_tok_s\":{:.3},\"decode_tok_s_spread\":{:.3},",
                     "\"ms_per_token_p50\":{:.4},\"ms_per_token_p90\":{:.4},\"ms_per_token_p99\":{:.4},\"ttft_ms\":{:.3},",
-                    "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"roofline_pct\":{:.2}}}"
+                    "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"roofline_pct\":{:.2},",
+                    "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"involuntary_switches\":{},\"migrations\":{},",
+                    "\"pinned\":{},\"worker_speed\":[{}]}}"
                 ),
                 json_str(&r.model),
                 json_str(&r.quant),
@@ -354,11 +511,27 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
                 r.achieved_gbs(),
                 r.membw_gbs,
                 r.roofline_pct(),
+                json_opt(r.huge_pct().map(|v| format!("{v:.2}"))),
+                json_opt(r.others_pct().map(|v| format!("{v:.2}"))),
+                json_opt(r.steal_pct().map(|v| format!("{v:.2}"))),
+                json_opt(r.m.activity.own_cpus().map(|v| format!("{v:.3}"))),
+                json_opt(r.m.activity.involuntary_switches),
+                json_opt(r.m.activity.migrations),
+                r.pinned,
+                r.m.worker_speed
+                    .iter()
+                    .map(|w| format!(
+                        "{{\"cpu\":{},\"relative\":{:.3}}}",
+                        json_opt(w.cpu),
+                        w.relative
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(","),
             )
         })
         .collect();
     outln!(
-        "{{\"machine\":{{\"cpu\":{},\"cores\":{},\"kernels\":{},\"features\":[{}],\"board\":{},\"temperature_c_before\":{},\"temperature_c_after\":{},\"throttled_after\":{}}},\"peak_rss_bytes\":{},\"results\":[{}]}}",
+        "{{\"machine\":{{\"cpu\":{},\"cores\":{},\"kernels\":{},\"features\":[{}],\"board\":{},\"temperature_c_before\":{},\"temperature_c_after\":{},\"throttled_after\":{},\"load_average\":{},\"governor\":{},\"pid\":{}}},\"peak_rss_bytes\":{},\"results\":[{}]}}",
         json_str(&before.cpu),
         before.cores,
         json_str(kernels::path().name()),
@@ -367,6 +540,9 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
         json_opt(before.temperature_c),
         json_opt(after.temperature_c),
         json_opt(after.throttled),
+        json_opt(before.load_average),
+        before.governor.as_deref().map_or("null".to_string(), json_str),
+        std::process::id(),
         json_opt(machine::peak_rss_bytes()),
         results.join(",")
     );
@@ -374,10 +550,12 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
 }
 
 fn print_csv(rows: &[Row]) -> Result<()> {
-    outln!("model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct");
+    outln!("{CSV_HEADER}");
+    let pid = std::process::id();
+    let load = machine::load_average();
     for r in rows {
         outln!(
-            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2}",
+            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{},{},{},{}",
             r.model.replace(',', " "),
             r.quant,
             r.m.threads,
@@ -394,7 +572,24 @@ fn print_csv(rows: &[Row]) -> Result<()> {
             r.achieved_gbs(),
             r.membw_gbs,
             r.roofline_pct(),
+            csv_opt(r.huge_pct()),
+            csv_opt(r.others_pct()),
+            csv_opt(r.steal_pct()),
+            csv_opt(r.m.activity.own_cpus()),
+            csv_opt(r.slowest_worker()),
+            r.worker_cpus(),
+            r.m.activity.involuntary_switches.map_or(String::new(), |v| v.to_string()),
+            r.m.activity.migrations.map_or(String::new(), |v| v.to_string()),
+            csv_opt(load),
+            pid,
         );
     }
     Ok(())
+}
+
+/// The CSV columns, in order (`--rounds` reads its processes' rows by these names).
+const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,own_cpus,slowest_worker,worker_cpus,involuntary_switches,migrations,load_average,pid";
+
+fn csv_opt(v: Option<f64>) -> String {
+    v.map_or(String::new(), |v| format!("{v:.2}"))
 }
