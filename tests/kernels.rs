@@ -20,7 +20,13 @@ fn dispatch_picks_the_expected_path() {
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
     {
-        assert_eq!(path, KernelPath::Avx2);
+        let vnni = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+        let want = if vnni {
+            KernelPath::Avx2Vnni
+        } else {
+            KernelPath::Avx2
+        };
+        assert_eq!(path, want);
     }
     #[cfg(target_arch = "aarch64")]
     match std::env::var("GPT2Q_EXPECT_CPU").as_deref() {

@@ -2,7 +2,7 @@
 //!
 //! At first use, [`path`] detects the CPU once (`is_x86_feature_detected!` /
 //! `is_aarch64_feature_detected!`, `AT_HWCAP` on 32-bit ARM) and picks a table of [`Ops`]:
-//! AVX2+FMA+F16C on x86-64, NEON (plus `dotprod` where present) on aarch64, NEON with VFPv4 on
+//! AVX2+FMA+F16C on x86-64 (with AVX-512 VNNI's `vpdpbusd` for batches where present), NEON (plus `dotprod` where present) on aarch64, NEON with VFPv4 on
 //! 32-bit ARM, else the portable [`scalar`] twins. Setting
 //! `GPT2Q_KERNELS=scalar` forces the scalar table, for comparison. Everything above this module
 //! calls the safe functions here; they check lengths with real asserts (a mismatch is a bug in the
@@ -39,6 +39,9 @@ pub enum KernelPath {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// [`KernelPath::Avx2`] with batch products on AVX-512 VNNI's `vpdpbusd` (256-bit vectors;
+    /// e.g. AMD Zen 4, Intel Ice Lake and later servers).
+    Avx2Vnni,
     /// aarch64 NEON (ARMv8.0, e.g. Cortex-A72 in the Raspberry Pi 4).
     Neon,
     /// aarch64 NEON with the ARMv8.2 `sdot` instruction (e.g. Cortex-A76 in the Raspberry Pi 5).
@@ -53,6 +56,7 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
+            KernelPath::Avx2Vnni => "avx2-vnni",
             KernelPath::Neon => "neon",
             KernelPath::NeonDotprod => "neon-dotprod",
             KernelPath::Armv7Neon => "armv7-neon",
@@ -244,6 +248,10 @@ pub fn tables() -> Vec<Ops> {
     if avx2_supported() {
         // SAFETY: the features avx2::ops requires were just detected.
         all.push(unsafe { avx2::ops() });
+        if vnni_supported() {
+            // SAFETY: as above, and AVX-512 VNNI and VL were just detected.
+            all.push(unsafe { avx2::vnni_ops() });
+        }
     }
     #[cfg(target_arch = "aarch64")]
     all.extend(neon::tables());
@@ -259,9 +267,18 @@ fn avx2_supported() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// AVX-512 VNNI with 256-bit (VL) forms, for `vpdpbusd` on ymm registers.
+#[cfg(target_arch = "x86_64")]
+fn vnni_supported() -> bool {
+    is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+}
+
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Ops {
-    if avx2_supported() {
+    if avx2_supported() && vnni_supported() {
+        // SAFETY: the features avx2::vnni_ops requires were just detected.
+        unsafe { avx2::vnni_ops() }
+    } else if avx2_supported() {
         // SAFETY: the features avx2::ops requires were just detected.
         unsafe { avx2::ops() }
     } else {

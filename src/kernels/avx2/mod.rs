@@ -51,6 +51,19 @@ pub(super) unsafe fn ops() -> Ops {
     }
 }
 
+/// The AVX2 table with the batch (prefill) products on `vpdpbusd`.
+///
+/// # Safety
+/// As [`ops`], and the CPU must support AVX-512 VNNI and VL.
+pub(super) unsafe fn vnni_ops() -> Ops {
+    Ops {
+        path: KernelPath::Avx2Vnni,
+        matmul_q8: matmul_q8_vnni,
+        matmul_q4: matmul_q4_vnni,
+        ..ops()
+    }
+}
+
 fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
     assert_eq!(x.len(), out.len() * QK, "quantize_act: lengths");
     // SAFETY: this function is only reachable through the table `ops()` builds, whose contract
@@ -88,13 +101,26 @@ fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out:
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C); the shapes were
     // checked: `w` holds `rows · nb` blocks, `x` holds `n · nb`, `out` holds `rows · n`.
-    unsafe { matmul_tiles::<Q8Tile>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles::<Q8Tile, packed::Maddubs>(w, x, prep, nb, rows, n, out) }
 }
 
 fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: as in `matmul_q8`.
-    unsafe { matmul_tiles::<Q4Tile>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles::<Q4Tile, packed::Maddubs>(w, x, prep, nb, rows, n, out) }
+}
+
+fn matmul_q8_vnni(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
+    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
+    // SAFETY: only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA, F16C, AVX-512
+    // VNNI and VL); shapes checked as in `matmul_q8`.
+    unsafe { matmul_tiles::<Q8Tile, packed::Dpbusd>(w, x, prep, nb, rows, n, out) }
+}
+
+fn matmul_q4_vnni(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
+    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
+    // SAFETY: as in `matmul_q8_vnni`.
+    unsafe { matmul_tiles::<Q4Tile, packed::Dpbusd>(w, x, prep, nb, rows, n, out) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -702,9 +728,10 @@ unsafe fn token_group<F: TileFormat, const R: usize, const T: usize>(
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w.len() == rows · nb`, `x.len() == n · nb`,
-/// `out.len() == rows · n`; `prep` is at least [`prepared_len`]`(n, nb)` lanes.
+/// `out.len() == rows · n`; `prep` is at least [`prepared_len`]`(n, nb)` lanes; with
+/// `G = Dpbusd`, AVX-512 VNNI and VL.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn matmul_tiles<F: TileFormat>(
+unsafe fn matmul_tiles<F: TileFormat, G: packed::GroupDot>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
@@ -725,7 +752,7 @@ unsafe fn matmul_tiles<F: TileFormat>(
         } else {
             &[]
         };
-        packed::matmul::<F::Packed>(w, x, terms, nb, groups, n, out);
+        packed::matmul::<F::Packed, G>(w, x, terms, nb, groups, n, out);
         r0 = groups * packed::GROUP_ROWS;
     }
     row_major_tiles::<F>(&w[r0 * nb..], x, nb, rows - r0, n, &mut out[r0 * n..]);
