@@ -256,13 +256,19 @@ unsafe fn quantize_act_avx2(x: &[f32], out: &mut [BlockQ8Act]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_block(xs: &[f32; QK], b: &mut BlockQ8Act) {
     // Reads exactly the 32 floats of `xs`.
-    let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xs.as_ptr().add(8 * k)));
+    // Loops, not `array::from_fn`: its closures are not compiled for AVX2.
+    let mut v = [_mm256_setzero_ps(); 4];
+    for (k, vk) in v.iter_mut().enumerate() {
+        *vk = _mm256_loadu_ps(xs.as_ptr().add(8 * k));
+    }
     let d = abs_max(&v) / 127.0;
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     b.d = d;
     let scale = _mm256_set1_ps(id);
-    let q: [__m256i; 4] =
-        std::array::from_fn(|k| _mm256_cvtps_epi32(saturate_i8(_mm256_mul_ps(v[k], scale))));
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (qk, vk) in q.iter_mut().zip(v) {
+        *qk = _mm256_cvtps_epi32(saturate_i8(_mm256_mul_ps(vk, scale)));
+    }
     // Writes exactly the 32 bytes of `b.qs`.
     _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), pack_i32_to_i8(q));
 }
