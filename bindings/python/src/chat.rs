@@ -7,7 +7,8 @@
 
 use std::ops::ControlFlow;
 use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use gpt2q::chat::{Chat as Conversation, ChatConfig, ChatTemplate};
 use gpt2q::sampler::{Sampler, SamplerConfig};
@@ -40,7 +41,25 @@ struct Turn {
 /// A conversation with the model; make one with `Model.chat()`.
 #[pyclass(module = "gpt2q", frozen)]
 pub struct Chat {
-    turns: Sender<Turn>,
+    turns: Mutex<Option<Sender<Turn>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Chat {
+    /// Ends the chat thread and waits for it, so its session is freed with the object (a reply
+    /// still streaming to a live iterator runs to its end first).
+    fn drop(&mut self) {
+        let turns = self.turns.get_mut().unwrap_or_else(PoisonError::into_inner);
+        drop(turns.take());
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(thread) = thread.take() {
+            Python::attach(|py| py.detach(|| thread.join()))
+                .unwrap_or_else(|_| eprintln!("gpt2q: the chat thread panicked"));
+        }
+    }
 }
 
 impl Chat {
@@ -69,7 +88,7 @@ impl Chat {
         };
         let (turns, inbox) = mpsc::channel::<Turn>();
         let (ready, started) = Job::<String>::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("gpt2q-chat".into())
             .spawn(move || {
                 let model = model.model();
@@ -97,7 +116,10 @@ impl Chat {
             })
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the chat thread: {e}")))?;
         ready.collect(py, |_, _| Ok(()))?;
-        Ok(Chat { turns })
+        Ok(Chat {
+            turns: Mutex::new(Some(turns)),
+            thread: Mutex::new(Some(thread)),
+        })
     }
 }
 
@@ -136,9 +158,13 @@ impl Chat {
             text: text.to_owned(),
             emitter,
         };
-        self.turns
-            .send(turn)
-            .map_err(|_| PyRuntimeError::new_err("the chat has ended"))?;
+        let sent = match &*self.turns.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(turns) => turns.send(turn).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(PyRuntimeError::new_err("the chat has ended"));
+        }
         if stream {
             return Ok(Py::new(py, TextStream::new(job))?.into_any());
         }
