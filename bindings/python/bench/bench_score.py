@@ -72,19 +72,29 @@ def main():
         with open(lines_path, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         common = ["-m", a.model, "-t", a.threads]
-        load = median_time(lambda: cli(a.gpt2q, "score", *common, "-f", "-", stdin=b""), a.runs)
-
         scored = len(model.score(long_text, window=W, stride=S)["logprobs"])
-        py_long = median_time(lambda: model.score(long_text, window=W, stride=S), a.runs)
-        cli_long = median_time(
-            lambda: cli(a.gpt2q, "perplexity", *common, "-f", long_path, "--ctx", W, "--stride", S),
-            a.runs,
-        ) - load
-        py_lines = median_time(lambda: model.score(lines, window=W, stride=S), a.runs)
-        cli_lines = median_time(
-            lambda: cli(a.gpt2q, "score", *common, "-f", lines_path, "--ctx", W, "--stride", S),
-            a.runs,
-        ) - load
+        runs = {
+            "load": lambda: cli(a.gpt2q, "score", *common, "-f", "-", stdin=b""),
+            "py_long": lambda: model.score(long_text, window=W, stride=S),
+            "cli_long": lambda: cli(
+                a.gpt2q, "perplexity", *common, "-f", long_path, "--ctx", W, "--stride", S
+            ),
+            "py_lines": lambda: model.score(lines, window=W, stride=S),
+            "cli_lines": lambda: cli(
+                a.gpt2q, "score", *common, "-f", lines_path, "--ctx", W, "--stride", S
+            ),
+        }
+        # Interleaved, so that a change in the machine's load hits both sides alike.
+        times = {k: [] for k in runs}
+        for _ in range(a.runs):
+            for k, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        load = med["load"]
+        py_long, py_lines = med["py_long"], med["py_lines"]
+        cli_long, cli_lines = med["cli_long"] - load, med["cli_lines"] - load
 
     print(f"(gpt2q score on no input, i.e. loading the model: {load:.3f} s, subtracted below)")
     print("| workload | tokens scored | gpt2q CLI tok/s | Python tok/s | Python / CLI time |")

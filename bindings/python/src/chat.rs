@@ -6,6 +6,7 @@
 //! dropping it ends the thread, which frees the session.
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -43,12 +44,15 @@ struct Turn {
 pub struct Chat {
     turns: Mutex<Option<Sender<Turn>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set when the object goes away: a reply in progress stops at its next token.
+    closing: Arc<AtomicBool>,
 }
 
 impl Drop for Chat {
-    /// Ends the chat thread and waits for it, so its session is freed with the object (a reply
-    /// still streaming to a live iterator runs to its end first).
+    /// Ends the chat thread and waits for it (at most a token's time; it never takes the GIL),
+    /// so the session is freed with the object.
     fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
         let turns = self.turns.get_mut().unwrap_or_else(PoisonError::into_inner);
         drop(turns.take());
         let thread = self
@@ -56,8 +60,8 @@ impl Drop for Chat {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(thread) = thread.take() {
-            Python::attach(|py| py.detach(|| thread.join()))
-                .unwrap_or_else(|_| eprintln!("gpt2q: the chat thread panicked"));
+            // A panic on the chat thread has already been reported by the panic hook.
+            let _ = thread.join();
         }
     }
 }
@@ -87,6 +91,8 @@ impl Chat {
             keep: None,
         };
         let (turns, inbox) = mpsc::channel::<Turn>();
+        let closing = Arc::new(AtomicBool::new(false));
+        let stop = closing.clone();
         let (ready, started) = Job::<String>::channel();
         let thread = std::thread::Builder::new()
             .name("gpt2q-chat".into())
@@ -110,7 +116,8 @@ impl Chat {
                     Err(e) => return started.done(Err(e)),
                 };
                 for turn in inbox {
-                    let outcome = pool.install(|| reply(&mut chat, &turn.text, &turn.emitter));
+                    let outcome =
+                        pool.install(|| reply(&mut chat, &turn.text, &turn.emitter, &stop));
                     turn.emitter.done(outcome);
                 }
             })
@@ -119,6 +126,7 @@ impl Chat {
         Ok(Chat {
             turns: Mutex::new(Some(turns)),
             thread: Mutex::new(Some(thread)),
+            closing,
         })
     }
 }
@@ -128,11 +136,13 @@ fn reply(
     chat: &mut Conversation<'_, '_>,
     text: &str,
     emitter: &Emitter<String>,
+    closing: &AtomicBool,
 ) -> gpt2q::Result<()> {
     let mut utf8 = Utf8Stream::new();
     chat.turn(text, |bytes| {
         let piece = utf8.push(bytes);
-        if emitter.cancelled() || (!piece.is_empty() && !emitter.emit(piece.to_owned())) {
+        let stop = emitter.cancelled() || closing.load(Ordering::Relaxed);
+        if stop || (!piece.is_empty() && !emitter.emit(piece.to_owned())) {
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())

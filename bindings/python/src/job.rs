@@ -94,14 +94,14 @@ impl<P: Send + 'static> Job<P> {
                     .unwrap_or_else(PoisonError::into_inner)
                     .recv_timeout(POLL)
             });
+            // Checked after every message too: a fast stream may never let the wait time out.
+            if let Err(e) = py.check_signals() {
+                self.cancel();
+                return Err(e);
+            }
             match received {
                 Ok(msg) => return Ok(msg),
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = py.check_signals() {
-                        self.cancel();
-                        return Err(e);
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(PyRuntimeError::new_err(
                         "gpt2q: the worker stopped without a result (a bug: please report it)",
