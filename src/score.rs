@@ -26,7 +26,8 @@ pub struct TextScore {
 impl TextScore {
     /// The sum of the log-probabilities: the log-likelihood of the text.
     pub fn sum_logprob(&self) -> f64 {
-        self.logprobs.iter().sum()
+        // From +0.0: `Sum` starts at −0.0, which an empty text would print as "-0".
+        self.logprobs.iter().fold(0.0, |sum, l| sum + l)
     }
 
     /// `exp(−mean log-probability)`; `None` for a text without tokens.
