@@ -129,6 +129,12 @@ CTRL_C_SCRIPT = textwrap.dedent(
     except KeyboardInterrupt:
         print("interrupted after %.1f s" % (time.monotonic() - start), flush=True)
     print("after:", repr(m.generate("The sea", max_tokens=4, seed=1)), flush=True)
+    try:
+        m.score(["a line of text"] * 200_000)
+        print("scored everything", flush=True)
+    except KeyboardInterrupt:
+        print("score interrupted", flush=True)
+    print("then:", m.score("The sea")["tokens"], flush=True)
     """
 )
 
@@ -144,9 +150,13 @@ def test_ctrl_c_interrupts_a_long_generation():
         assert child.stdout.readline().strip() == "ready"
         time.sleep(1.0)
         child.send_signal(signal.SIGINT)
+        lines = [child.stdout.readline(), child.stdout.readline()]
+        assert lines[0].startswith("interrupted after"), lines
+        assert lines[1].startswith("after: '"), lines
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=30)
     finally:
         child.kill()
     assert child.returncode == 0, err
-    assert out.startswith("interrupted after"), out + err
-    assert "after: '" in out
+    assert out.splitlines() == ["score interrupted", "then: [464, 5417]"], out + err
