@@ -86,11 +86,12 @@ def test_models_are_freed():
     for _ in range(10):
         load_and_use()
     before = rss()
-    for _ in range(20):
+    for _ in range(30):
         load_and_use()
     grown = rss() - before
     size = Q8_MODEL.stat().st_size
-    print(f"RSS grew {grown / MIB:.1f} MiB over 20 loads of a {size / MIB:.1f} MiB model")
-    # A model file, a scoring session (about 26 MiB at ctx 64) or a chat thread's session kept
-    # per load would be 20 times that.
-    assert grown < size
+    print(f"RSS grew {grown / MIB:.1f} MiB over 30 loads of a {size / MIB:.1f} MiB model")
+    # The allocator may keep the pages of one freed scoring session (about 26 MiB at ctx 64:
+    # glibc raises its mmap threshold after a large free), but not one per load: keeping a
+    # model file, a session or anything over 1.7 MiB per load would exceed this.
+    assert grown < 3 * size
