@@ -433,42 +433,65 @@ impl<'s, 'm> Generator<'s, 'm> {
     }
 }
 
-/// Watches streamed output for a stop string (e.g. `"\n"`), holding back bytes that could be the
-/// start of it so that it never reaches the output. Its buffer is sized once; pushing a token
+/// Watches streamed output for stop strings (e.g. `"\n"`), holding back bytes that could be the
+/// start of one so that none ever reaches the output. Its buffer is sized once; pushing a token
 /// allocates only if a single token is longer than that (GPT-2's are far shorter).
 #[derive(Clone, Debug)]
 pub struct StopText {
-    stop: Vec<u8>,
+    stops: Vec<Vec<u8>>,
     pending: Vec<u8>,
 }
 
 impl StopText {
     /// A matcher for `stop` (not empty).
     pub fn new(stop: &str) -> Result<Self> {
-        if stop.is_empty() {
+        Self::any(&[stop])
+    }
+
+    /// A matcher for whichever of `stops` (at least one, none empty) appears first.
+    pub fn any<S: AsRef<str>>(stops: &[S]) -> Result<Self> {
+        if stops.is_empty() {
+            return Err(Error::invalid("no stop string given"));
+        }
+        if stops.iter().any(|s| s.as_ref().is_empty()) {
             return Err(Error::invalid("the stop string is empty"));
         }
+        let longest = stops.iter().map(|s| s.as_ref().len()).max().unwrap_or(0);
         Ok(StopText {
-            stop: stop.as_bytes().to_vec(),
-            pending: Vec::with_capacity(stop.len() + 1024),
+            stops: stops
+                .iter()
+                .map(|s| s.as_ref().as_bytes().to_vec())
+                .collect(),
+            pending: Vec::with_capacity(longest + 1024),
         })
     }
 
-    /// Appends a token's bytes and passes `emit` every byte now known not to be part of the stop
-    /// string. Returns true when the stop string is complete: the bytes before it have been
-    /// emitted and the rest is dropped.
+    /// Appends a token's bytes and passes `emit` every byte now known not to be part of a stop
+    /// string. Returns true when a stop string is complete: the bytes before the earliest one
+    /// have been emitted and the rest is dropped.
     pub fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(&[u8])) -> bool {
         self.pending.extend_from_slice(bytes);
-        let n = self.stop.len();
-        if let Some(i) = self.pending.windows(n).position(|w| w == self.stop) {
+        let found = self
+            .stops
+            .iter()
+            .filter_map(|stop| self.pending.windows(stop.len()).position(|w| w == stop))
+            .min();
+        if let Some(i) = found {
             emit(&self.pending[..i]);
             self.pending.clear();
             return true;
         }
-        // The longest tail of `pending` that begins the stop string must wait for more bytes.
-        let held = (1..n.min(self.pending.len() + 1))
-            .rev()
-            .find(|&k| self.pending.ends_with(&self.stop[..k]))
+        // The longest tail of `pending` that begins a stop string must wait for more bytes.
+        let pending = &self.pending;
+        let held = self
+            .stops
+            .iter()
+            .filter_map(|stop| {
+                (1..stop.len().min(pending.len() + 1))
+                    .rev()
+                    .find(|&k| pending.ends_with(&stop[..k]))
+            })
+            .max()
             .unwrap_or(0);
         let ready = self.pending.len() - held;
         emit(&self.pending[..ready]);
@@ -522,5 +545,18 @@ mod tests {
         );
         assert_eq!(run("ab", &["xa"]), ("xa".into(), false));
         assert!(StopText::new("").is_err());
+    }
+
+    #[test]
+    fn the_earliest_of_several_stop_strings_wins() {
+        let mut s = StopText::any(&["\n\n", "User:", "x"]).unwrap();
+        let mut out = Vec::new();
+        assert!(!s.push(b"Hi\n", |b| out.extend_from_slice(b)));
+        assert_eq!(out, b"Hi", "a possible start of \\n\\n is held");
+        assert!(!s.push(b"Use", |b| out.extend_from_slice(b)));
+        assert!(s.push(b"r: x", |b| out.extend_from_slice(b)));
+        assert_eq!(out, b"Hi\n");
+        assert!(StopText::any::<&str>(&[]).is_err());
+        assert!(StopText::any(&["a", ""]).is_err());
     }
 }

@@ -4,8 +4,9 @@
 //! file ([`format`](mod@format)) → mmap ([`mmap`]) → [`model::Model`] (borrowed tensors, [`tensor`]) →
 //! [`session::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
 //! tokens → text ([`tokenizer`]). On top: the generation loop ([`generate`]), multi-turn chat
-//! ([`chat`]) and zero-shot task prompts ([`task`]). Block formats for quantised weights live in [`quant`];
-//! probes of the machine (memory, CPU, board) in [`machine`]; seeded test data in [`rng`].
+//! ([`chat`]), zero-shot task prompts ([`task`]) and per-token log-probabilities ([`score`]).
+//! Block formats for quantised weights live in [`quant`]; probes of the machine (memory, CPU,
+//! board) in [`machine`]; seeded test data in [`rng`].
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -22,6 +23,7 @@ pub mod perplexity;
 pub mod quant;
 pub mod rng;
 pub mod sampler;
+pub mod score;
 pub mod session;
 pub mod synthetic;
 pub mod task;

@@ -154,7 +154,7 @@ fn check_windows(session: &Session<'_>, ids: &[u32], window: usize, stride: usiz
 
 /// [`Error::Numeric`] if a logit at token `pos` of the text is NaN or infinite: a damaged weight
 /// would otherwise turn into a NaN perplexity that looks like a result.
-fn check_finite(row: &[f32], pos: usize) -> Result<()> {
+pub(crate) fn check_finite(row: &[f32], pos: usize) -> Result<()> {
     match row.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(i) => Err(Error::Numeric(format!(

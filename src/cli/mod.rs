@@ -19,6 +19,7 @@ mod info;
 mod options;
 mod perplexity;
 mod run;
+mod score;
 mod tokenize;
 
 use std::io::Write;
@@ -47,6 +48,8 @@ enum Command {
     Tokenize(tokenize::Args),
     /// Score a text file: mean negative log-likelihood and perplexity.
     Perplexity(perplexity::Args),
+    /// Score each line of a file: every token's log-probability, as JSON lines or TSV.
+    Score(score::Args),
     /// Describe a model file: hyper-parameters, tensors, memory needed.
     Info(info::Args),
     /// Check every tensor's checksum.
@@ -68,6 +71,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Perplexity(a) => perplexity::run(a),
+        Command::Score(a) => score::run(a),
         Command::Info(a) => info::run(a),
         Command::Verify(a) => verify(&a.model),
         Command::Bench(a) => bench::run(a),
