@@ -171,16 +171,19 @@ pub fn generate_with_policy(
     let mut generator = Generator::new(session, sampler, tokens, policy);
     let stats = generator.generate(rules, None, |event| match event {
         Event::Token(token) => on_token(token),
-        Event::Text(_) => ControlFlow::Continue(()),
+        Event::Logits(_) | Event::Text(_) => ControlFlow::Continue(()),
     });
     *history = generator.into_history();
     stats
 }
 
-/// What the generation loop reports to its caller, in order, for each sampled token: the token,
-/// then (unless it is the stop token) its text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the generation loop reports to its caller, in order, for each sampled token: the logits
+/// it is sampled from, the token, then (unless it is the stop token) its text.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Event<'a> {
+    /// The model's logits for the next token, before the sampler's penalties and filters (what
+    /// [`crate::perplexity::nll`] scores). Returning `Break` stops before sampling.
+    Logits(&'a [f32]),
     /// A token was sampled and appended to the history (the stop token included).
     Token(u32),
     /// Output text now final: the token's bytes, less any tail that could begin the stop
@@ -232,6 +235,50 @@ impl<'s, 'm> Generator<'s, 'm> {
             policy,
             keep,
             dropped: 0,
+        }
+    }
+
+    /// As [`Generator::new`], but keeps what the session already holds of `history`: its first
+    /// `reuse` tokens must be the ones the session ran at positions `0..reuse` (for example the
+    /// context of an earlier generation, see [`Generator::context_into`]); only the tokens after
+    /// them are pending. `reuse` is clamped to the session's position and to `history.len() - 1`,
+    /// so at least one token runs and produces logits. The policy's `keep` applies from here on.
+    pub fn with_prefix(
+        session: &'s mut Session<'m>,
+        sampler: &'s mut Sampler,
+        history: Vec<u32>,
+        policy: ContextPolicy,
+        reuse: usize,
+    ) -> Self {
+        let reuse = reuse
+            .min(session.pos())
+            .min(history.len().saturating_sub(1));
+        session.truncate(reuse);
+        let keep = match policy {
+            ContextPolicy::Stop => 0,
+            ContextPolicy::Shift { keep } => keep.min(session.capacity()),
+        };
+        Generator {
+            session,
+            sampler,
+            history,
+            policy,
+            keep,
+            dropped: 0,
+        }
+    }
+
+    /// Tokens of the history the session's KV cache holds, in position order (the kept tokens,
+    /// then the survivors of context shifts), written into `out` (cleared first).
+    pub fn context_into(&self, out: &mut Vec<u32>) {
+        out.clear();
+        let pos = self.session.pos();
+        if self.dropped == 0 {
+            out.extend_from_slice(&self.history[..pos]);
+        } else {
+            out.extend_from_slice(&self.history[..self.keep]);
+            let start = self.keep + self.dropped;
+            out.extend_from_slice(&self.history[start..start + (pos - self.keep)]);
         }
     }
 
@@ -332,6 +379,10 @@ impl<'s, 'm> Generator<'s, 'm> {
         let decode_start = Instant::now();
         let model = self.session.model();
         while stats.generated_tokens < rules.max_new_tokens {
+            if on_event(Event::Logits(self.session.logits_mut())).is_break() {
+                stats.stop = StopReason::Callback;
+                break;
+            }
             let token = self
                 .sampler
                 .sample(self.session.logits_mut(), &self.history)?;
@@ -433,42 +484,58 @@ impl<'s, 'm> Generator<'s, 'm> {
     }
 }
 
-/// Watches streamed output for a stop string (e.g. `"\n"`), holding back bytes that could be the
-/// start of it so that it never reaches the output. Its buffer is sized once; pushing a token
+/// Watches streamed output for stop strings (e.g. `"\n"`), holding back bytes that could be the
+/// start of one so that none reaches the output. Its buffer is sized once; pushing a token
 /// allocates only if a single token is longer than that (GPT-2's are far shorter).
 #[derive(Clone, Debug)]
 pub struct StopText {
-    stop: Vec<u8>,
+    stops: Vec<Vec<u8>>,
     pending: Vec<u8>,
 }
 
 impl StopText {
     /// A matcher for `stop` (not empty).
     pub fn new(stop: &str) -> Result<Self> {
-        if stop.is_empty() {
+        Self::any(&[stop])
+    }
+
+    /// A matcher for whichever of `stops` (at least one, none empty) appears first.
+    pub fn any(stops: &[&str]) -> Result<Self> {
+        if stops.is_empty() || stops.iter().any(|s| s.is_empty()) {
             return Err(Error::invalid("the stop string is empty"));
         }
+        let longest = stops.iter().map(|s| s.len()).max().unwrap_or(0);
         Ok(StopText {
-            stop: stop.as_bytes().to_vec(),
-            pending: Vec::with_capacity(stop.len() + 1024),
+            stops: stops.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            pending: Vec::with_capacity(longest + 1024),
         })
     }
 
-    /// Appends a token's bytes and passes `emit` every byte now known not to be part of the stop
-    /// string. Returns true when the stop string is complete: the bytes before it have been
-    /// emitted and the rest is dropped.
+    /// Appends a token's bytes and passes `emit` every byte now known not to be part of a stop
+    /// string. Returns true when a stop string is complete: the bytes before the earliest one
+    /// have been emitted and the rest is dropped.
     pub fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(&[u8])) -> bool {
         self.pending.extend_from_slice(bytes);
-        let n = self.stop.len();
-        if let Some(i) = self.pending.windows(n).position(|w| w == self.stop) {
+        let found = self
+            .stops
+            .iter()
+            .filter_map(|stop| self.pending.windows(stop.len()).position(|w| w == stop))
+            .min();
+        if let Some(i) = found {
             emit(&self.pending[..i]);
             self.pending.clear();
             return true;
         }
-        // The longest tail of `pending` that begins the stop string must wait for more bytes.
-        let held = (1..n.min(self.pending.len() + 1))
-            .rev()
-            .find(|&k| self.pending.ends_with(&self.stop[..k]))
+        // The longest tail of `pending` that begins a stop string must wait for more bytes.
+        let held = self
+            .stops
+            .iter()
+            .filter_map(|stop| {
+                (1..stop.len().min(self.pending.len() + 1))
+                    .rev()
+                    .find(|&k| self.pending.ends_with(&stop[..k]))
+            })
+            .max()
             .unwrap_or(0);
         let ready = self.pending.len() - held;
         emit(&self.pending[..ready]);
@@ -522,5 +589,17 @@ mod tests {
         );
         assert_eq!(run("ab", &["xa"]), ("xa".into(), false));
         assert!(StopText::new("").is_err());
+    }
+
+    #[test]
+    fn the_earliest_of_several_stop_strings_wins() {
+        let mut s = StopText::any(&["END", "\n\n", "xy"]).unwrap();
+        let mut out = Vec::new();
+        assert!(!s.push(b"a x", |b| out.extend_from_slice(b)));
+        assert_eq!(out, b"a ", "'x' may begin \"xy\"");
+        assert!(s.push(b"z\n\nEND", |b| out.extend_from_slice(b)));
+        assert_eq!(out, b"a xz");
+        assert!(StopText::any(&[]).is_err());
+        assert!(StopText::any(&["a", ""]).is_err());
     }
 }
