@@ -165,6 +165,8 @@ pub struct Request {
     pub echo: Option<bool>,
     /// gpt2q's own: keep the last tokens of a prompt longer than the context instead of refusing.
     pub truncate_prompt: Option<bool>,
+    /// llama-server's: keep generating after `<|endoftext|>`.
+    pub ignore_eos: Option<bool>,
 }
 
 /// Server-wide limits and defaults a request is checked against.
@@ -392,6 +394,10 @@ fn max_tokens(req: &Request, default: usize, cap: usize) -> Result<usize, ApiErr
     }
 }
 
+fn stop_token(req: &Request, model: &Model<'_>) -> Option<u32> {
+    (!req.ignore_eos.unwrap_or(false)).then_some(model.hparams.eos_id)
+}
+
 fn check_n(req: &Request) -> Result<(), ApiError> {
     match req.n {
         None | Some(1) => Ok(()),
@@ -501,7 +507,7 @@ pub fn completion(
             sampler: sampler_config(req, n_vocab, limits.ctx)?,
             max_tokens: max_tokens(req, COMPLETIONS_DEFAULT_MAX_TOKENS, limits.max_tokens_cap)?,
             stops: stop_strings(req)?,
-            stop_token: Some(model.hparams.eos_id),
+            stop_token: stop_token(req, model),
             logprobs,
             keep: limits.keep.min(ids.len()),
             prompt: ids,
@@ -629,7 +635,7 @@ pub fn chat(
             sampler: sampler_config(req, model.hparams.n_vocab as usize, limits.ctx)?,
             max_tokens: max_tokens(req, limits.max_tokens_cap, limits.max_tokens_cap)?,
             stops,
-            stop_token: Some(model.hparams.eos_id),
+            stop_token: stop_token(req, model),
             logprobs,
             keep,
             prompt: ids,
