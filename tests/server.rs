@@ -25,6 +25,8 @@ fn model_path() -> PathBuf {
 struct Server {
     child: Child,
     addr: String,
+    /// The memory plan the startup log gave, in MiB.
+    plan_mib: f64,
 }
 
 impl Drop for Server {
@@ -52,15 +54,23 @@ impl Server {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut plan_mib = f64::NAN;
         let addr = loop {
             let line = lines.next().expect("the server said it is ready").unwrap();
+            if let Some(rest) = line.split("memory plan ").nth(1) {
+                plan_mib = rest.split(' ').next().unwrap().parse().unwrap();
+            }
             if let Some(rest) = line.split("ready on http://").nth(1) {
                 break rest.trim().to_owned();
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            plan_mib,
+        }
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
@@ -607,4 +617,55 @@ fn every_bad_request_gets_its_4xx_and_the_server_goes_on() {
     let truncated = json!({"prompt": long_prompt, "max_tokens": 2, "truncate_prompt": true});
     let reply = server.post("/v1/completions", &truncated).json();
     assert_eq!(reply["usage"]["prompt_tokens"], 32);
+}
+
+#[test]
+fn peak_rss_stays_within_the_memory_plan() {
+    if common::emulated() {
+        return; // the emulator's own memory would be measured
+    }
+    let server = Server::start(&["--parallel", "2", "--ctx", "256"]);
+    let body = json!({"prompt": "Hello", "max_tokens": 300, "ignore_eos": true});
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| assert_eq!(server.post("/v1/completions", &body).status, 200));
+        }
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let peak = kib / 1024.0;
+    eprintln!("peak RSS {peak:.1} MiB, plan {:.1} MiB", server.plan_mib);
+    assert!(
+        peak <= server.plan_mib + 16.0,
+        "peak RSS {peak:.1} MiB over the plan {:.1} MiB + 16",
+        server.plan_mib
+    );
+}
+
+#[test]
+fn a_plan_over_the_memory_limit_is_refused() {
+    let o = gpt2q_command()
+        .args(["serve", "-m", model_path().to_str().unwrap(), "--port", "0"])
+        .args([
+            "--parallel",
+            "4",
+            "--ctx",
+            "512",
+            "--kv",
+            "f32",
+            "--mem-limit",
+            "20M",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--parallel 4") && err.contains("over --mem-limit"),
+        "{err}"
+    );
 }
