@@ -226,17 +226,20 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands `job` to the idle slot holding the longest prefix of its prompt, else queues it;
-    /// refuses it when the queue is full.
+    /// Hands `job` to the idle slot holding the longest prefix of its prompt, else (or when
+    /// earlier jobs are waiting) queues it; refuses it when the queue is full.
     pub fn submit(&self, job: Arc<Job>) -> Result<(), QueueFull> {
         let mut state = self.lock();
-        let best = state
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.busy && s.assigned.is_none())
-            .max_by_key(|(i, s)| (common_prefix(&s.cached, &job.spec.prompt), usize::MAX - i))
-            .map(|(i, _)| i);
+        let best = match state.queue.is_empty() {
+            true => state
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.busy && s.assigned.is_none())
+                .max_by_key(|(i, s)| (common_prefix(&s.cached, &job.spec.prompt), usize::MAX - i))
+                .map(|(i, _)| i),
+            false => None,
+        };
         match best {
             Some(i) => state.slots[i].assigned = Some(job),
             None if state.queue.len() < self.queue_capacity => state.queue.push_back(job),
