@@ -502,6 +502,7 @@ pub fn completion(
         }
     };
     let (stream, include_usage) = stream_flags(req);
+    let echo = req.echo.unwrap_or(false);
     Ok(Params {
         spec: GenSpec {
             sampler: sampler_config(req, n_vocab, limits.ctx)?,
@@ -509,12 +510,14 @@ pub fn completion(
             stops: stop_strings(req)?,
             stop_token: stop_token(req, model),
             logprobs,
+            // A stream sends the echoed prompt before any output, so only whole answers score it.
+            prompt_logprobs: echo && !stream,
             keep: limits.keep.min(ids.len()),
             prompt: ids,
         },
         stream,
         include_usage,
-        echo: req.echo.unwrap_or(false),
+        echo,
         prompt_text,
     })
 }
@@ -637,6 +640,7 @@ pub fn chat(
             stops,
             stop_token: stop_token(req, model),
             logprobs,
+            prompt_logprobs: false,
             keep,
             prompt: ids,
         },
@@ -671,7 +675,8 @@ fn token_text(model: &Model<'_>, id: u32) -> String {
 }
 
 /// Completions' `logprobs` object for `records`, offsets counted from `offset` (bytes of text
-/// before the first token). With `echo`, the prompt's tokens come first, without probabilities.
+/// before the first token). With `prompt` (echo), the records start with the prompt's tokens
+/// after its first, which has no probability (`null`).
 pub fn completion_logprobs(
     model: &Model<'_>,
     prompt: Option<&[u32]>,
@@ -680,8 +685,8 @@ pub fn completion_logprobs(
 ) -> Value {
     let (mut tokens, mut logprobs, mut tops, mut offsets) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for &id in prompt.unwrap_or(&[]) {
-        let text = token_text(model, id);
+    if let Some(&first) = prompt.and_then(|p| p.first()) {
+        let text = token_text(model, first);
         offsets.push(offset);
         offset += text.len();
         tokens.push(Value::from(text));

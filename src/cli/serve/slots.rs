@@ -40,8 +40,22 @@ pub struct GenSpec {
     pub stop_token: Option<u32>,
     /// Record each token's log-probability and this many alternatives.
     pub logprobs: Option<usize>,
+    /// With `logprobs`, also record those of the prompt's tokens after the first (they come
+    /// first, `prompt.len() - 1` records, before the generated tokens').
+    pub prompt_logprobs: bool,
     /// Tokens at the start that context shifts keep.
     pub keep: usize,
+}
+
+impl GenSpec {
+    /// Most [`TokenRecord`]s the job can produce.
+    fn records(&self) -> usize {
+        match (self.logprobs, self.prompt_logprobs) {
+            (None, _) => 0,
+            (Some(_), false) => self.max_tokens + 1,
+            (Some(_), true) => self.max_tokens + self.prompt.len(),
+        }
+    }
 }
 
 /// One generated token's log-probability and the most likely alternatives at its position.
@@ -97,11 +111,7 @@ const TEXT_BUFFER: usize = 4096;
 impl Job {
     /// A job for `spec`, its output buffers sized up front.
     pub fn new(spec: GenSpec) -> Arc<Self> {
-        let records = if spec.logprobs.is_some() {
-            spec.max_tokens + 1
-        } else {
-            0
-        };
+        let records = spec.records();
         Arc::new(Job {
             progress: Mutex::new(Progress {
                 text: Vec::with_capacity(TEXT_BUFFER),
@@ -116,11 +126,7 @@ impl Job {
 
     /// Buffers a caller can pass to [`Job::take`] without either side ever growing them.
     pub fn buffers(&self) -> (Vec<u8>, Vec<TokenRecord>) {
-        let records = if self.spec.logprobs.is_some() {
-            self.spec.max_tokens + 1
-        } else {
-            0
-        };
+        let records = self.spec.records();
         (Vec::with_capacity(TEXT_BUFFER), Vec::with_capacity(records))
     }
 
@@ -324,12 +330,19 @@ fn run_job(session: &mut Session<'_>, job: &Job, cached: &mut Vec<u32>) -> Resul
     };
     let mut history = Vec::with_capacity(reserve_len(spec.prompt.len(), spec.max_tokens));
     history.extend_from_slice(&spec.prompt);
-    let reuse = common_prefix(cached, &spec.prompt);
+    let scored = spec.prompt_logprobs && spec.logprobs.is_some();
+    let reuse = match spec.logprobs {
+        Some(k) if scored => score_prompt(session, &spec.prompt, k, job)?,
+        _ => common_prefix(cached, &spec.prompt),
+    };
     // Only a token's own logits are kept, and only when log-probabilities are asked for.
     let mut logits = Vec::with_capacity(if spec.logprobs.is_some() { n_vocab } else { 0 });
     let policy = ContextPolicy::Shift { keep: spec.keep };
     let mut generator = Generator::with_prefix(session, &mut sampler, history, policy, reuse);
-    let cached_tokens = spec.prompt.len() - generator.pending();
+    let cached_tokens = match scored {
+        true => 0,
+        false => spec.prompt.len() - generator.pending(),
+    };
     let rules = StopRules {
         max_new_tokens: spec.max_tokens,
         stop_token: spec.stop_token,
@@ -363,6 +376,25 @@ fn run_job(session: &mut Session<'_>, job: &Job, cached: &mut Vec<u32>) -> Resul
         prefill: stats.prefill_time,
         decode: stats.decode_time,
     })
+}
+
+/// Runs all but the last prompt token one at a time from position 0, recording each next
+/// token's log-probability with `k` alternatives; returns the tokens the session now holds.
+fn score_prompt(
+    session: &mut Session<'_>,
+    prompt: &[u32],
+    k: usize,
+    job: &Job,
+) -> Result<usize, String> {
+    session.reset();
+    for pair in prompt.windows(2) {
+        if job.is_cancelled() {
+            return Err("cancelled".into());
+        }
+        let logits = session.forward(pair[0]).map_err(|e| e.to_string())?;
+        job.push_token(token_record(logits, pair[1], k));
+    }
+    Ok(prompt.len() - 1)
 }
 
 /// `id`'s log-probability and the `k` most likely tokens' under `logits`, each computed as the
@@ -429,6 +461,7 @@ mod tests {
             stops: Vec::new(),
             stop_token: None,
             logprobs: None,
+            prompt_logprobs: false,
             keep: 0,
         };
         let s = Scheduler::new(2, 1);
