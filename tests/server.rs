@@ -1,6 +1,7 @@
 //! `gpt2q serve` driven over HTTP on an ephemeral loopback port: the OpenAI endpoints, streaming,
 //! agreement with `gpt2q run` and the scoring path, the queue, the API key, disconnects and every
 //! class of bad request.
+#![cfg(feature = "server")]
 
 mod common;
 

@@ -168,16 +168,9 @@ impl<'a> Server<'a> {
         }
         let expected = match endpoint {
             Endpoint::Completions | Endpoint::Chat => Method::Post,
-            Endpoint::Other => {
-                return Err(ApiError::status(
-                    404,
-                    "invalid_request_error",
-                    format!("no such endpoint: {}", request.url()),
-                ))
-            }
             _ => Method::Get,
         };
-        if *method != expected {
+        if endpoint != Endpoint::Other && *method != expected {
             return Err(ApiError::status(
                 405,
                 "invalid_request_error",
@@ -199,40 +192,42 @@ impl<'a> Server<'a> {
                 self.scheduler.queued(),
                 self.config.queue,
             ))),
-            Endpoint::Completions | Endpoint::Chat => {
-                let body = self.read_body(request)?;
-                let req = api::parse(&body)?;
-                let limits = Limits {
-                    model_id: &self.config.model_id,
-                    ctx: self.config.ctx,
-                    max_tokens_cap: self.config.max_tokens_cap,
-                    keep: self.config.keep,
-                };
-                let (kind, params) = match endpoint {
-                    Endpoint::Chat => (
-                        Kind::Chat,
-                        api::chat(&req, self.model, &limits, &self.config.template)?,
-                    ),
-                    _ => (
-                        Kind::Completion,
-                        api::completion(&req, self.model, &limits)?,
-                    ),
-                };
-                let job = Job::new(params.spec.clone());
-                self.scheduler.submit(job.clone()).map_err(|_| {
-                    ApiError::status(
-                        429,
-                        "rate_limit_error",
-                        format!(
-                            "all {} slots are busy and {} requests are waiting; retry later",
-                            self.config.slots, self.config.queue
-                        ),
-                    )
-                })?;
-                Ok(Reply::Generate(kind, params, job))
-            }
-            Endpoint::Other => unreachable!("refused above"),
+            Endpoint::Completions => self.submit(request, Kind::Completion),
+            Endpoint::Chat => self.submit(request, Kind::Chat),
+            Endpoint::Other => Err(ApiError::status(
+                404,
+                "invalid_request_error",
+                format!("no such endpoint: {}", request.url()),
+            )),
         }
+    }
+
+    /// Reads and checks a generation request and queues its job.
+    fn submit(&self, request: &mut Request, kind: Kind) -> Result<Reply, ApiError> {
+        let body = self.read_body(request)?;
+        let req = api::parse(&body)?;
+        let limits = Limits {
+            model_id: &self.config.model_id,
+            ctx: self.config.ctx,
+            max_tokens_cap: self.config.max_tokens_cap,
+            keep: self.config.keep,
+        };
+        let params = match kind {
+            Kind::Chat => api::chat(&req, self.model, &limits, &self.config.template)?,
+            Kind::Completion => api::completion(&req, self.model, &limits)?,
+        };
+        let job = Job::new(params.spec.clone());
+        self.scheduler.submit(job.clone()).map_err(|_| {
+            ApiError::status(
+                429,
+                "rate_limit_error",
+                format!(
+                    "all {} slots are busy and {} requests are waiting; retry later",
+                    self.config.slots, self.config.queue
+                ),
+            )
+        })?;
+        Ok(Reply::Generate(kind, params, job))
     }
 
     fn authorize(&self, request: &Request) -> Result<(), ApiError> {
