@@ -15,6 +15,7 @@ import openai
 def main(base_url: str, key: str) -> int:
     client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)
     model = client.models.list().data[0].id
+    assert client.models.retrieve(model).id == model
     checks = []
 
     def check(name):

@@ -416,6 +416,8 @@ fn models_health_and_metrics() {
     assert_eq!(server.get("/health").json()["status"], "ok");
     let models = server.get("/v1/models").json();
     assert_eq!(models["data"][0]["id"], "tiny");
+    assert_eq!(server.get("/v1/models/tiny").json()["id"], "tiny");
+    assert_eq!(server.get("/v1/models/gpt-4").status, 404);
     let reply = server.post(
         "/v1/completions",
         &json!({"model": "tiny", "prompt": "Hi", "max_tokens": 3}),

@@ -118,6 +118,7 @@ impl<'a> Server<'a> {
             "/v1/completions" | "/completions" => Endpoint::Completions,
             "/v1/chat/completions" | "/chat/completions" => Endpoint::Chat,
             "/v1/models" | "/models" => Endpoint::Models,
+            p if p.starts_with("/v1/models/") => Endpoint::Models,
             "/health" => Endpoint::Health,
             "/metrics" => Endpoint::Metrics,
             _ => Endpoint::Other,
@@ -186,7 +187,25 @@ impl<'a> Server<'a> {
                     "slots_processing": self.scheduler.busy(),
                 }),
             )),
-            Endpoint::Models => Ok(Reply::Json(200, self.models())),
+            Endpoint::Models => match request
+                .url()
+                .split('?')
+                .next()
+                .and_then(|p| p.strip_prefix("/v1/models/"))
+            {
+                None => Ok(Reply::Json(
+                    200,
+                    json!({"object": "list", "data": [self.model_object()]}),
+                )),
+                Some(id) if id == self.config.model_id => Ok(Reply::Json(200, self.model_object())),
+                Some(id) => Err(ApiError {
+                    status: 404,
+                    message: format!("the model `{id}` does not exist"),
+                    kind: "invalid_request_error",
+                    param: Some("model"),
+                    code: Some("model_not_found"),
+                }),
+            },
             Endpoint::Metrics => Ok(Reply::Metrics(self.metrics.render(
                 self.config.slots,
                 self.scheduler.queued(),
@@ -281,23 +300,21 @@ impl<'a> Server<'a> {
         Ok(body)
     }
 
-    fn models(&self) -> Value {
+    /// The served model as `/v1/models` lists it (with llama-server's `meta`).
+    fn model_object(&self) -> Value {
         let hp = &self.model.hparams;
         json!({
-            "object": "list",
-            "data": [{
-                "id": self.config.model_id,
-                "object": "model",
-                "created": self.created,
-                "owned_by": "gpt2q",
-                "meta": {
-                    "n_ctx_train": hp.n_ctx,
-                    "n_ctx": self.config.ctx,
-                    "n_vocab": hp.n_vocab,
-                    "n_embd": hp.n_embd,
-                    "n_layer": hp.n_layer,
-                },
-            }],
+            "id": self.config.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "gpt2q",
+            "meta": {
+                "n_ctx_train": hp.n_ctx,
+                "n_ctx": self.config.ctx,
+                "n_vocab": hp.n_vocab,
+                "n_embd": hp.n_embd,
+                "n_layer": hp.n_layer,
+            },
         })
     }
 
