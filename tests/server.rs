@@ -39,7 +39,17 @@ impl Drop for Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let mut child = gpt2q_command()
+        Self::start_with_key(extra, None)
+    }
+
+    /// Starts with `$GPT2Q_API_KEY` set to `key` (unset without one).
+    fn start_with_key(extra: &[&str], key: Option<&str>) -> Server {
+        let mut command = gpt2q_command();
+        match key {
+            Some(k) => command.env("GPT2Q_API_KEY", k),
+            None => command.env_remove("GPT2Q_API_KEY"),
+        };
+        let mut child = command
             .args([
                 "serve",
                 "-m",
@@ -533,6 +543,16 @@ fn the_api_key_is_enforced_except_for_health() {
     assert_eq!(server.get("/v1/models").status, 401);
     assert_eq!(server.get("/health").status, 200);
     assert_eq!(post(&[("Authorization", "Bearer s3cret")]).status, 200);
+    drop(server);
+    let server = Server::start_with_key(&[], Some("from-env"));
+    assert_eq!(server.get("/v1/models").status, 401);
+    let ok = server.request(
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer from-env")],
+        b"",
+    );
+    assert_eq!(ok.status, 200);
 }
 
 #[test]

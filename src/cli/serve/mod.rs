@@ -41,7 +41,8 @@ pub struct Args {
     /// Requests that may wait for a free slot; more get 429 Too Many Requests.
     #[arg(long, default_value_t = 16)]
     queue: usize,
-    /// Require `Authorization: Bearer KEY` on every request but /health.
+    /// Require `Authorization: Bearer KEY` on every request but /health (default:
+    /// $GPT2Q_API_KEY, which, unlike a flag, other users cannot read with ps).
     #[arg(long)]
     api_key: Option<String>,
     /// Most tokens one request may generate (larger max_tokens are lowered to it).
@@ -86,8 +87,30 @@ fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// The API key: --api-key, else $GPT2Q_API_KEY; an empty key is refused.
+fn api_key(args: &Args) -> Result<Option<String>> {
+    let key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("GPT2Q_API_KEY").ok());
+    match key {
+        Some(k) if k.trim().is_empty() => Err(Error::invalid("the API key is empty")),
+        k => Ok(k),
+    }
+}
+
+/// True for addresses only this machine can reach.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn run(args: Args) -> Result<()> {
     let template = template(&args)?;
+    let api_key = api_key(&args)?;
     if args.max_tokens_cap == 0 {
         return Err(Error::invalid("--max-tokens-cap must be at least 1"));
     }
@@ -106,6 +129,12 @@ pub fn run(args: Args) -> Result<()> {
         .to_ip()
         .map_or(address, |a| a.to_string());
     eprintln!("gpt2q serve: listening on http://{bound} (loading the model)");
+    if api_key.is_none() && !is_loopback(&args.host) {
+        eprintln!(
+            "gpt2q serve: warning: {} is reachable from other machines and no --api-key is set",
+            args.host
+        );
+    }
     let file = std::thread::scope(|s| {
         let loading = s.spawn(|| args.model.open());
         // Answer while the model loads, so a health check sees "loading" rather than nothing.
@@ -139,9 +168,10 @@ pub fn run(args: Args) -> Result<()> {
     });
     let m = &plan.memory;
     eprintln!(
-        "gpt2q serve: model {model_id}, {} slots of ctx {ctx} (KV {}), queue {}; memory plan {:.1} MiB \
+        "gpt2q serve: model {model_id}, {} slot{} of ctx {ctx} (KV {}), queue {}; memory plan {:.1} MiB \
          (weights {:.1} + KV caches {:.1} + scratch {:.1})",
         args.parallel,
+        if args.parallel == 1 { "" } else { "s" },
         c.kv,
         args.queue,
         mib(m.total()),
@@ -151,7 +181,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let config = http::Config {
         model_id,
-        api_key: args.api_key.clone(),
+        api_key,
         max_body: args.max_body,
         max_tokens_cap: args.max_tokens_cap,
         ctx,
@@ -205,4 +235,19 @@ fn answer_loading(request: tiny_http::Request) {
                 .expect("valid header"),
         );
     let _ = request.respond(response);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["0.0.0.0", "192.168.1.5", "::", "example.org"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
 }
