@@ -683,6 +683,24 @@ fn every_bad_request_gets_its_4xx_and_the_server_goes_on() {
 }
 
 #[test]
+fn generation_past_the_context_shifts_as_gpt2q_run_does() {
+    let server = Server::start(&["--ctx", "32"]);
+    let body = json!({"prompt": "The sea", "max_tokens": 80, "temperature": 0, "echo": true,
+                      "ignore_eos": true});
+    let reply = server.post("/v1/completions", &body).json();
+    assert_eq!(reply["usage"]["completion_tokens"], 80);
+    let run = gpt2q_command()
+        .args(["run", "-m", model_path().to_str().unwrap(), "-p", "The sea"])
+        .args(["-n", "80", "--ctx", "32", "--greedy", "--ignore-eos", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        format!("{}\n", text_of(&reply)),
+        String::from_utf8(run.stdout).unwrap()
+    );
+}
+
+#[test]
 fn peak_rss_stays_within_the_memory_plan() {
     if common::emulated() {
         return; // the emulator's own memory would be measured
