@@ -4,7 +4,8 @@
 //! file ([`format`](mod@format)) → mmap ([`mmap`]) → [`model::Model`] (borrowed tensors, [`tensor`]) →
 //! [`session::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
 //! tokens → text ([`tokenizer`]). On top: the generation loop ([`generate`]), multi-turn chat
-//! ([`chat`]) and zero-shot task prompts ([`task`]). Block formats for quantised weights live in [`quant`];
+//! ([`chat`]), zero-shot task prompts ([`task`]) and several sessions serving queued requests
+//! ([`slots`], behind `gpt2q serve`). Block formats for quantised weights live in [`quant`];
 //! probes of the machine (memory, CPU, board) in [`machine`].
 #![deny(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod perplexity;
 pub mod quant;
 pub mod sampler;
 pub mod session;
+pub mod slots;
 pub mod synthetic;
 pub mod task;
 pub mod tensor;

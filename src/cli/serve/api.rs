@@ -10,7 +10,7 @@ use gpt2q::generate::StopReason;
 use gpt2q::model::Model;
 use gpt2q::sampler::SamplerConfig;
 
-use super::slots::{Finish, GenSpec, TokenRecord, MAX_TOP_LOGPROBS};
+use gpt2q::slots::{Finish, GenSpec, TokenRecord, MAX_TOP_LOGPROBS};
 
 /// Most stop strings a request may give (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;

@@ -15,7 +15,7 @@ use gpt2q::tokenizer::Utf8Stream;
 
 use super::api::{self, ApiError, Limits, Params};
 use super::metrics::{Endpoint, Metrics};
-use super::slots::{Finish, Job, Scheduler, TokenRecord};
+use gpt2q::slots::{Finish, Job, Scheduler, TokenRecord};
 
 /// How the server was configured.
 pub struct Config {

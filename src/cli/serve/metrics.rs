@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::slots::Finish;
+use gpt2q::slots::Finish;
 
 /// The endpoints counted separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

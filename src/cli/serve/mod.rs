@@ -3,7 +3,8 @@
 //! requests beyond the slots wait in a bounded queue (`--queue`), and beyond that get 429.
 //!
 //! The pieces: [`api`] (request and response bodies), [`http`] (routing, auth, streaming),
-//! [`slots`] (the slots, the queue, prefix reuse), [`metrics`] (Prometheus counters).
+//! [`slots`] (the slot threads over [`gpt2q::slots`]: the queue, prefix reuse), [`metrics`]
+//! (Prometheus counters).
 
 mod api;
 mod http;
@@ -191,7 +192,7 @@ pub fn run(args: Args) -> Result<()> {
         template,
         log: !args.quiet,
     };
-    let scheduler = slots::Scheduler::new(args.parallel, args.queue);
+    let scheduler = gpt2q::slots::Scheduler::new(args.parallel, args.queue);
     let metrics = metrics::Metrics::default();
     let api = http::Server::new(&model, &scheduler, &metrics, &config);
     let handlers = AtomicUsize::new(0);
