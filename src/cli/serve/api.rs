@@ -486,7 +486,7 @@ pub fn completion(
         None | Some(Value::Null) | Some(Value::Bool(false)) => None,
         Some(Value::Bool(true)) => Some(0),
         Some(Value::Number(n)) => match n.as_u64() {
-            Some(k) if k as usize <= MAX_TOP_LOGPROBS => Some(k as usize),
+            Some(k) if k <= MAX_TOP_LOGPROBS as u64 => Some(k as usize),
             _ => {
                 return Err(ApiError::invalid(
                     "logprobs",
