@@ -187,7 +187,7 @@ impl<'s, 'm> Chat<'s, 'm> {
             self.generator
                 .generate(rules, self.stop_text.as_mut(), |event| match event {
                     Event::Text(bytes) => on_text(bytes),
-                    Event::Token(_) => ControlFlow::Continue(()),
+                    Event::Logits(_) | Event::Token(_) => ControlFlow::Continue(()),
                 })?;
         if matches!(reply.stop, StopReason::Length | StopReason::Callback) {
             // Closed like a finished reply, so the next turn starts cleanly; run with it.

@@ -171,16 +171,19 @@ pub fn generate_with_policy(
     let mut generator = Generator::new(session, sampler, tokens, policy);
     let stats = generator.generate(rules, None, |event| match event {
         Event::Token(token) => on_token(token),
-        Event::Text(_) => ControlFlow::Continue(()),
+        Event::Logits(_) | Event::Text(_) => ControlFlow::Continue(()),
     });
     *history = generator.into_history();
     stats
 }
 
-/// What the generation loop reports to its caller, in order, for each sampled token: the token,
-/// then (unless it is the stop token) its text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the generation loop reports to its caller, in order, for each sampled token: the logits
+/// it is sampled from, the token, then (unless it is the stop token) its text.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Event<'a> {
+    /// The model's logits for the next token, before the sampler's penalties and filters (what
+    /// [`crate::perplexity::nll`] scores). Returning `Break` stops before sampling.
+    Logits(&'a [f32]),
     /// A token was sampled and appended to the history (the stop token included).
     Token(u32),
     /// Output text now final: the token's bytes, less any tail that could begin the stop
@@ -232,6 +235,50 @@ impl<'s, 'm> Generator<'s, 'm> {
             policy,
             keep,
             dropped: 0,
+        }
+    }
+
+    /// As [`Generator::new`], but keeps what the session already holds of `history`: its first
+    /// `reuse` tokens must be the ones the session ran at positions `0..reuse` (for example the
+    /// context of an earlier generation, see [`Generator::context_into`]); only the tokens after
+    /// them are pending. `reuse` is clamped to the session's position and to `history.len() - 1`,
+    /// so at least one token runs and produces logits. The policy's `keep` applies from here on.
+    pub fn with_prefix(
+        session: &'s mut Session<'m>,
+        sampler: &'s mut Sampler,
+        history: Vec<u32>,
+        policy: ContextPolicy,
+        reuse: usize,
+    ) -> Self {
+        let reuse = reuse
+            .min(session.pos())
+            .min(history.len().saturating_sub(1));
+        session.truncate(reuse);
+        let keep = match policy {
+            ContextPolicy::Stop => 0,
+            ContextPolicy::Shift { keep } => keep.min(session.capacity()),
+        };
+        Generator {
+            session,
+            sampler,
+            history,
+            policy,
+            keep,
+            dropped: 0,
+        }
+    }
+
+    /// Tokens of the history the session's KV cache holds, in position order (the kept tokens,
+    /// then the survivors of context shifts), written into `out` (cleared first).
+    pub fn context_into(&self, out: &mut Vec<u32>) {
+        out.clear();
+        let pos = self.session.pos();
+        if self.dropped == 0 {
+            out.extend_from_slice(&self.history[..pos]);
+        } else {
+            out.extend_from_slice(&self.history[..self.keep]);
+            let start = self.keep + self.dropped;
+            out.extend_from_slice(&self.history[start..start + (pos - self.keep)]);
         }
     }
 
@@ -332,6 +379,10 @@ impl<'s, 'm> Generator<'s, 'm> {
         let decode_start = Instant::now();
         let model = self.session.model();
         while stats.generated_tokens < rules.max_new_tokens {
+            if on_event(Event::Logits(self.session.logits_mut())).is_break() {
+                stats.stop = StopReason::Callback;
+                break;
+            }
             let token = self
                 .sampler
                 .sample(self.session.logits_mut(), &self.history)?;
@@ -557,6 +608,12 @@ mod tests {
         assert!(s.push(b"r: x", |b| out.extend_from_slice(b)));
         assert_eq!(out, b"Hi\n");
         assert!(StopText::any::<&str>(&[]).is_err());
+        let mut s = StopText::any(&["END", "\n\n", "xy"]).unwrap();
+        let mut out = Vec::new();
+        assert!(!s.push(b"a x", |b| out.extend_from_slice(b)));
+        assert_eq!(out, b"a ", "'x' may begin \"xy\"");
+        assert!(s.push(b"z\n\nEND", |b| out.extend_from_slice(b)));
+        assert_eq!(out, b"a xz");
         assert!(StopText::any(&["a", ""]).is_err());
     }
 }

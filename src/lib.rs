@@ -4,9 +4,10 @@
 //! file ([`format`](mod@format)) → mmap ([`mmap`]) → [`model::Model`] (borrowed tensors, [`tensor`]) →
 //! [`session::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
 //! tokens → text ([`tokenizer`]). On top: the generation loop ([`generate`]), multi-turn chat
-//! ([`chat`]), zero-shot task prompts ([`task`]) and per-token log-probabilities ([`score`]).
-//! Block formats for quantised weights live in [`quant`]; probes of the machine (memory, CPU,
-//! board) in [`machine`]; seeded test data in [`rng`].
+//! ([`chat`]), zero-shot task prompts ([`task`]), per-token log-probabilities ([`score`]) and
+//! several sessions serving queued requests ([`slots`], behind `gpt2q serve`). Block formats for
+//! quantised weights live in [`quant`]; probes of the machine (memory, CPU, board) in
+//! [`machine`]; seeded test data in [`rng`].
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -25,6 +26,7 @@ pub mod rng;
 pub mod sampler;
 pub mod score;
 pub mod session;
+pub mod slots;
 pub mod synthetic;
 pub mod task;
 pub mod tensor;

@@ -165,6 +165,16 @@ impl MemoryPlan {
         })
     }
 
+    /// The plan of `slots` sessions sharing the mapped weights: each has its own KV cache and
+    /// scratch.
+    pub fn with_slots(self, slots: usize) -> Self {
+        MemoryPlan {
+            weights: self.weights,
+            kv_cache: self.kv_cache.saturating_mul(slots),
+            scratch: self.scratch.saturating_mul(slots),
+        }
+    }
+
     /// Weights + KV cache + scratch.
     pub fn total(&self) -> usize {
         self.weights
@@ -175,9 +185,20 @@ impl MemoryPlan {
     /// The largest context in `1..=hp.n_ctx` whose plan (sized like `SessionConfig::new(ctx)`
     /// with `kv`) fits in `limit` bytes, if any does.
     pub fn max_ctx_within(hp: &HParams, weights: usize, kv: KvType, limit: usize) -> Option<usize> {
+        Self::max_ctx_within_slots(hp, weights, kv, limit, 1)
+    }
+
+    /// As [`MemoryPlan::max_ctx_within`] for `slots` sessions sharing the weights.
+    pub fn max_ctx_within_slots(
+        hp: &HParams,
+        weights: usize,
+        kv: KvType,
+        limit: usize,
+        slots: usize,
+    ) -> Option<usize> {
         let fits = |ctx: usize| {
             MemoryPlan::new(hp, weights, &SessionConfig::new(ctx).with_kv(kv))
-                .is_ok_and(|p| p.total() <= limit)
+                .is_ok_and(|p| p.with_slots(slots).total() <= limit)
         };
         // The plan grows with ctx, so binary-search the last context that fits.
         if !fits(1) {
@@ -201,7 +222,7 @@ impl MemoryPlan {
 pub struct SessionPlan {
     /// The sizing to pass to [`Session::with_config`].
     pub config: SessionConfig,
-    /// What that session and the mapped weights take.
+    /// What the planned sessions (all of them, see [`plan_slots`]) and the mapped weights take.
     pub memory: MemoryPlan,
 }
 
@@ -218,12 +239,27 @@ pub fn plan(
     kv: KvType,
     mem_limit: Option<usize>,
 ) -> Result<SessionPlan> {
+    plan_slots(hp, weights, ctx, kv, mem_limit, 1)
+}
+
+/// As [`plan`] for `slots` (at least 1) sessions of the same size sharing the mapped weights
+/// (`gpt2q serve --parallel`): the memory plan counts every session's KV cache and scratch.
+pub fn plan_slots(
+    hp: &HParams,
+    weights: usize,
+    ctx: Option<usize>,
+    kv: KvType,
+    mem_limit: Option<usize>,
+    slots: usize,
+) -> Result<SessionPlan> {
+    if slots == 0 {
+        return Err(Error::invalid("--parallel must be at least 1"));
+    }
     let max_ctx = hp.n_ctx as usize;
     let ctx = match (ctx, mem_limit) {
         (Some(c), _) => c,
-        (None, Some(limit)) => {
-            MemoryPlan::max_ctx_within(hp, weights, kv, limit).map_or(max_ctx, |c| c.min(max_ctx))
-        }
+        (None, Some(limit)) => MemoryPlan::max_ctx_within_slots(hp, weights, kv, limit, slots)
+            .map_or(max_ctx, |c| c.min(max_ctx)),
         (None, None) => max_ctx,
     };
     if ctx == 0 || ctx > max_ctx {
@@ -232,10 +268,10 @@ pub fn plan(
         )));
     }
     let config = SessionConfig::new(ctx).with_kv(kv);
-    let memory = MemoryPlan::new(hp, weights, &config)?;
+    let memory = MemoryPlan::new(hp, weights, &config)?.with_slots(slots);
     match mem_limit {
         Some(limit) if memory.total() > limit => Err(Error::invalid(over_limit(
-            hp, weights, ctx, kv, &memory, limit,
+            hp, weights, ctx, kv, &memory, limit, slots,
         ))),
         Some(_) => Ok(SessionPlan { config, memory }),
         None => {
@@ -272,9 +308,15 @@ fn over_limit(
     kv: KvType,
     plan: &MemoryPlan,
     limit: usize,
+    slots: usize,
 ) -> String {
+    let parallel = if slots > 1 {
+        format!(" --parallel {slots}")
+    } else {
+        String::new()
+    };
     let mut msg = format!(
-        "the memory plan at --ctx {ctx} --kv {kv} is {:.1} MiB (weights {:.1} + KV cache {:.1} + scratch {:.1}), over --mem-limit {:.1} MiB",
+        "the memory plan at --ctx {ctx} --kv {kv}{parallel} is {:.1} MiB (weights {:.1} + KV cache {:.1} + scratch {:.1}), over --mem-limit {:.1} MiB",
         mib(plan.total()),
         mib(plan.weights),
         mib(plan.kv_cache),
@@ -284,7 +326,8 @@ fn over_limit(
     let fits: Vec<String> = KvType::ALL
         .iter()
         .filter_map(|&k| {
-            MemoryPlan::max_ctx_within(hp, weights, k, limit).map(|c| format!("--ctx {c} --kv {k}"))
+            MemoryPlan::max_ctx_within_slots(hp, weights, k, limit, slots)
+                .map(|c| format!("--ctx {c} --kv {k}"))
         })
         .collect();
     if fits.is_empty() {
@@ -665,5 +708,17 @@ mod tests {
         let err = check_fits_machine(512, &plan, Some((400 << 20) - 1)).unwrap_err();
         assert!(err.to_string().contains("--ctx 512"), "{err}");
         assert!(check_fits_machine(512, &plan, None).is_ok());
+    }
+
+    #[test]
+    fn slots_share_the_weights_and_multiply_the_rest() {
+        let one = MemoryPlan {
+            weights: 100,
+            kv_cache: 10,
+            scratch: 3,
+        };
+        let two = one.with_slots(2);
+        assert_eq!((two.weights, two.kv_cache, two.scratch), (100, 20, 6));
+        assert_eq!(two.total(), 126);
     }
 }

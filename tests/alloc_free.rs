@@ -1,6 +1,7 @@
 //! The per-token path allocates nothing: a counting global allocator (its own test binary, since
 //! the allocator is per binary) watches every thread while the default q8 model, and synthetic
-//! models with q4 weights, generate 200 tokens in a small context, context shifts included. The
+//! models with q4 weights, generate 200 tokens in a small context, context shifts included; and
+//! while a server slot runs a job, its output taken by another thread. The
 //! loop must run on a rayon worker thread (inside `ThreadPool::install` or `rayon::scope`), as
 //! `gpt2q run` does: called from outside the pool, rayon's job injection allocates (see the last
 //! measurement below).
@@ -21,6 +22,7 @@ use gpt2q::model::Model;
 use gpt2q::quant::DType;
 use gpt2q::sampler::{Sampler, SamplerConfig};
 use gpt2q::session::{Session, SessionConfig};
+use gpt2q::slots::{run_job, GenSpec, Job};
 use gpt2q::synthetic;
 
 struct Counting;
@@ -168,6 +170,7 @@ fn generation_allocates_nothing_per_token() {
     let file = ModelFile::open(&path).unwrap();
     let model = Model::load(&file, false).unwrap();
     check_model("q8", &model);
+    check_slot_job(&model);
     for (name, bytes) in q4_models() {
         let file = ModelFile::from_bytes(&bytes);
         let model = Model::load(&file, false).unwrap();
@@ -265,4 +268,62 @@ fn check_model(name: &str, model: &Model<'_>) {
     println!("{name}, called from outside the pool: {outside} allocations");
     assert_eq!(two, 0, "{name}: allocations inside a 2-thread pool");
     assert_eq!(global, 0, "{name}: allocations on the global pool");
+}
+
+/// Allocations while a server slot ([`gpt2q::slots::run_job`]) runs a job of `n` tokens on one
+/// thread, with log-probabilities (3 alternatives), a stop string and context shifts, its output
+/// taken by another thread as it comes (as an HTTP handler does).
+fn slot_job_allocations(
+    pool: &rayon::ThreadPool,
+    session: &mut Session<'_>,
+    cached: &mut Vec<u32>,
+    n: usize,
+) -> usize {
+    let model = session.model();
+    let spec = GenSpec {
+        prompt: model.tokenizer.encode("It was a dark and stormy night"),
+        sampler: SamplerConfig {
+            seed: 5,
+            ..SamplerConfig::default()
+        },
+        max_tokens: n,
+        stops: vec!["never in this text \u{1}".into()],
+        stop_token: None,
+        logprobs: Some(3),
+        prompt_logprobs: false,
+        keep: 4,
+    };
+    let job = Job::new(spec);
+    let (mut text, mut tokens) = job.buffers();
+    // The taker thread's own start-up allocations happen before counting starts.
+    let started = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            started.wait();
+            while job.take(&mut text, &mut tokens).is_none() {}
+        });
+        started.wait();
+        ALLOCATIONS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        let finish = pool.install(|| run_job(session, &job, cached));
+        COUNTING.store(false, Ordering::SeqCst);
+        let finish = finish.unwrap();
+        assert_eq!(finish.completion_tokens, n);
+        job.finish(Ok(finish));
+    });
+    ALLOCATIONS.load(Ordering::SeqCst)
+}
+
+/// A slot's job allocates a fixed amount to set up (the sampler, the history) and nothing per
+/// token: 200 tokens cost what 20 do, context shifts included.
+fn check_slot_job(model: &Model<'_>) {
+    let config = SessionConfig::new(CTX).with_kv(KvType::F16);
+    let mut session = Session::with_config(model, config).unwrap();
+    let mut cached = Vec::with_capacity(CTX);
+    let pool = pool(1);
+    slot_job_allocations(&pool, &mut session, &mut cached, 20);
+    let short = slot_job_allocations(&pool, &mut session, &mut cached, 20);
+    let long = slot_job_allocations(&pool, &mut session, &mut cached, GENERATED);
+    println!("slot job: {short} allocations for 20 tokens, {long} for {GENERATED}");
+    assert_eq!(long, short, "allocations per token in a slot's job");
 }

@@ -23,6 +23,9 @@ pub struct Args {
     /// Check the plan against this much memory (e.g. 300M; K, M, G are powers of 1024).
     #[arg(long, value_parser = parse_bytes)]
     mem_limit: Option<usize>,
+    /// Plan for this many sessions sharing the weights (`gpt2q serve --parallel`).
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -105,10 +108,21 @@ pub fn run(args: Args) -> Result<()> {
     let SessionPlan {
         config,
         memory: plan,
-    } = session::plan(hp, weights, args.ctx, args.kv, args.mem_limit)?;
+    } = session::plan_slots(
+        hp,
+        weights,
+        args.ctx,
+        args.kv,
+        args.mem_limit,
+        args.parallel,
+    )?;
     let ctx = config.ctx;
+    let slots = match args.parallel {
+        1 => String::new(),
+        n => format!(", {n} sessions"),
+    };
     outln!(
-        "memory:      at ctx {ctx}, KV cache {}{}",
+        "memory:      at ctx {ctx}, KV cache {}{slots}{}",
         args.kv,
         args.mem_limit.map_or(String::new(), |l| format!(
             " (--mem-limit {:.1} MiB)",

@@ -20,6 +20,8 @@ mod options;
 mod perplexity;
 mod run;
 mod score;
+#[cfg(feature = "server")]
+mod serve;
 mod tokenize;
 
 use std::io::Write;
@@ -56,6 +58,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Measure prefill and decode speed, memory bandwidth and the roofline.
     Bench(bench::Args),
+    /// Serve the model over HTTP with the OpenAI API (completions, chat, models, health, metrics).
+    #[cfg(feature = "server")]
+    Serve(serve::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -75,6 +80,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::Verify(a) => verify(&a.model),
         Command::Bench(a) => bench::run(a),
+        #[cfg(feature = "server")]
+        Command::Serve(a) => serve::run(a),
     }
 }
 

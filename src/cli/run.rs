@@ -262,7 +262,7 @@ fn stream(
                 None => ControlFlow::Continue(()),
             }
         }
-        Event::Token(_) => ControlFlow::Continue(()),
+        Event::Logits(_) | Event::Token(_) => ControlFlow::Continue(()),
     })?;
     sink.finish()?;
     Ok(stats)
