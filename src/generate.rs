@@ -347,8 +347,8 @@ impl<'s, 'm> Generator<'s, 'm> {
     }
 
     /// Runs the pending tokens (timed as the prefill), then samples up to
-    /// `rules.max_new_tokens` tokens, reporting each to `on_event` ([`Event::Token`], then
-    /// [`Event::Text`] unless it is the stop token). Generation ends when the limit is reached,
+    /// `rules.max_new_tokens` tokens, reporting each to `on_event` ([`Event::Logits`] before
+    /// sampling, [`Event::Token`], then [`Event::Text`] unless it is the stop token). Generation ends when the limit is reached,
     /// the stop token is sampled, `stop` (if given) appears in the output (it and anything after
     /// it are never reported), `on_event` returns `Break`, or the context is full and the policy
     /// cannot make room. The last sampled token is left pending. Text held back as a possible
