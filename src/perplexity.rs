@@ -35,9 +35,14 @@ impl PerplexityReport {
 
 /// `-log softmax(logits)[target]`, computed in f64 for a stable sum.
 pub fn nll(logits: &[f32], target: u32) -> f64 {
+    log_sum_exp(logits) - logits[target as usize] as f64
+}
+
+/// `log Σ exp(logits)` in f64, shifted by the maximum so that no term overflows.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    max + sum.ln() - logits[target as usize] as f64
+    max + sum.ln()
 }
 
 /// How a quantised model's next-token distributions differ from a base model's over the same

@@ -11,7 +11,7 @@
 //! first token has a log-probability too.
 
 use crate::error::{Error, Result};
-use crate::perplexity::{check_finite, nll};
+use crate::perplexity::{check_finite, log_sum_exp, nll};
 use crate::session::Session;
 
 /// The log-probabilities of a text's tokens.
@@ -150,6 +150,90 @@ pub fn score_text(
         tokens: sequence,
         logprobs,
     })
+}
+
+/// Scores many texts with one session, each from `<|endoftext|>` as [`score_text`] does, for
+/// the batch use (thousands of short lines): `<|endoftext|>` at position 0 runs once, and every
+/// text that fits in the window reuses its keys and values and its next-token distribution, so
+/// each text runs only its own tokens. The numbers are [`score_text`]'s up to rounding (position
+/// 0 runs alone rather than in the text's batch). Texts longer than the window are scored as
+/// [`score_text`] scores them.
+pub struct Scorer<'s, 'm> {
+    session: &'s mut Session<'m>,
+    window: usize,
+    stride: usize,
+    /// The logits after `<|endoftext|>` at position 0 and their log-sum-exp, once run; the
+    /// session's position 0 holds `<|endoftext|>` while `eos_cached` is set.
+    after_eos: Option<(Vec<f32>, f64)>,
+    eos_cached: bool,
+    sequence: Vec<u32>,
+}
+
+impl<'s, 'm> Scorer<'s, 'm> {
+    /// A scorer over `session` (which must keep all logits, [`Session::for_scoring`]) with
+    /// windows as [`token_logprobs`] takes them.
+    pub fn new(session: &'s mut Session<'m>, window: usize, stride: usize) -> Result<Self> {
+        check_windows(session, 0, window, stride)?;
+        Ok(Scorer {
+            session,
+            window,
+            stride,
+            after_eos: None,
+            eos_cached: false,
+            sequence: Vec::new(),
+        })
+    }
+
+    /// Scores `text` from `<|endoftext|>`.
+    pub fn score(&mut self, text: &str) -> Result<TextScore> {
+        let model = self.session.model();
+        let tokens = model.tokenizer.encode(text);
+        if tokens.len() + 1 > self.window {
+            self.eos_cached = false;
+            self.sequence.clear();
+            self.sequence.push(model.hparams.eos_id);
+            self.sequence.extend_from_slice(&tokens);
+            let logprobs = token_logprobs(self.session, &self.sequence, self.window, self.stride)?;
+            return Ok(TextScore { tokens, logprobs });
+        }
+        let mut logprobs = Vec::with_capacity(tokens.len());
+        let Some(&first) = tokens.first() else {
+            return Ok(TextScore { tokens, logprobs });
+        };
+        let (row, lse) = self.after_eos()?;
+        // -nll(row, first), from the kept log-sum-exp.
+        logprobs.push(-(lse - row[first as usize] as f64));
+        let n_vocab = model.hparams.n_vocab as usize;
+        let batch = self.session.batch();
+        self.session.truncate(1);
+        for (c, chunk) in tokens[..tokens.len() - 1].chunks(batch).enumerate() {
+            let logits = self.session.forward_batch(chunk)?;
+            for (k, row) in logits.chunks_exact(n_vocab).enumerate() {
+                let t = c * batch + k;
+                check_finite(row, t + 1)?;
+                logprobs.push(-nll(row, tokens[t + 1]));
+            }
+        }
+        Ok(TextScore { tokens, logprobs })
+    }
+
+    /// The logits after `<|endoftext|>` and their log-sum-exp, running it at position 0 unless
+    /// the session still holds it there.
+    fn after_eos(&mut self) -> Result<(&[f32], f64)> {
+        let cached = match self.after_eos.take() {
+            Some(cached) if self.eos_cached => cached,
+            _ => {
+                let eos = self.session.model().hparams.eos_id;
+                self.session.reset();
+                let row = self.session.forward_batch(&[eos])?;
+                check_finite(row, 0)?;
+                self.eos_cached = true;
+                (row.to_vec(), log_sum_exp(row))
+            }
+        };
+        let (row, lse) = self.after_eos.insert(cached);
+        Ok((row.as_slice(), *lse))
+    }
 }
 
 /// The logits at every position of `tokens` run from an empty context, `(tokens.len(), n_vocab)`

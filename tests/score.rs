@@ -10,7 +10,7 @@ use common::{converted, floats, gpt2q_command, ids, reference};
 use gpt2q::mmap::ModelFile;
 use gpt2q::model::Model;
 use gpt2q::perplexity::{nll, perplexity};
-use gpt2q::score::{logits, score_text, token_logprobs};
+use gpt2q::score::{logits, score_text, token_logprobs, Scorer};
 use gpt2q::session::Session;
 use gpt2q_convert::convert::Quant;
 use serde_json::Value;
@@ -80,6 +80,38 @@ fn a_text_that_fits_is_one_window_and_matches_token_by_token() {
     let empty = score_text(&mut session, "", 64, 32).unwrap();
     assert!(empty.tokens.is_empty() && empty.perplexity().is_none());
     assert!(score_text(&mut Session::new(&model, 64).unwrap(), text, 64, 32).is_err());
+}
+
+#[test]
+fn a_scorer_gives_score_texts_numbers_running_endoftext_once() {
+    let file = ModelFile::open(&converted(Quant::Q8)).unwrap();
+    let model = Model::load(&file, false).unwrap();
+    let mut session = Session::for_scoring(&model, 48).unwrap();
+    let long = "The old lighthouse keeper counted the ships. ".repeat(8);
+    let texts = [
+        "The sea",
+        "",
+        "a",
+        long.as_str(),
+        "It was a dark and stormy night.",
+        "The sea",
+    ];
+    let expected: Vec<_> = texts
+        .iter()
+        .map(|t| score_text(&mut session, t, 48, 24).unwrap())
+        .collect();
+    let mut scorer = Scorer::new(&mut session, 48, 24).unwrap();
+    for (text, want) in texts.iter().zip(&expected) {
+        let got = scorer.score(text).unwrap();
+        assert_eq!(got.tokens, want.tokens);
+        assert_eq!(got.logprobs.len(), want.logprobs.len());
+        for (a, b) in got.logprobs.iter().zip(&want.logprobs) {
+            assert!((a - b).abs() < 1e-4, "{text:?}: {a} vs {b}");
+        }
+    }
+    let mut plain = Session::new(&model, 48).unwrap();
+    let refused = Scorer::new(&mut plain, 48, 24).is_err();
+    assert!(refused, "a session without all logits is refused");
 }
 
 fn log_softmax(l: &[f32]) -> Vec<f64> {
@@ -152,7 +184,8 @@ fn the_command_writes_a_json_object_per_line() {
     let model = Model::load(&file, false).unwrap();
     let window = model.hparams.n_ctx as usize;
     let mut session = Session::for_scoring(&model, window).unwrap();
-    let expected = score_text(&mut session, "The quick brown fox", window, window / 2).unwrap();
+    let mut scorer = Scorer::new(&mut session, window, window / 2).unwrap();
+    let expected = scorer.score("The quick brown fox").unwrap();
     assert_eq!(ids(&out[0]["tokens"]), expected.tokens);
     let lp: Vec<f64> = out[0]["logprobs"]
         .as_array()

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 use gpt2q::model::Model;
-use gpt2q::score::{score_text, TextScore};
+use gpt2q::score::{Scorer, TextScore};
 use gpt2q::session::Session;
 use gpt2q::{Error, Result};
 
@@ -48,6 +48,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let stride = args.stride.unwrap_or(window / 2);
     let mut session = Session::for_scoring(&model, window)?;
+    let mut scorer = Scorer::new(&mut session, window, stride)?;
     let json = args.format == "json";
     if !json {
         outln!("n_tokens\tsum_logprob\tperplexity\ttext");
@@ -74,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
             .trim_end_matches('\n')
             .trim_end_matches('\r');
         // On a worker of the thread pool, as `run` generates (see there).
-        let score = rayon::scope(|_| score_text(&mut session, text, window, stride))?;
+        let score = rayon::scope(|_| scorer.score(text))?;
         out.clear();
         if json {
             json_line(&mut out, text, &score);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use gpt2q::generate::{reserve_len, ContextPolicy, Event, Generator, StopRules, StopText};
 use gpt2q::kv_cache::KvType;
 use gpt2q::sampler::Sampler;
-use gpt2q::score::{logits, score_text};
+use gpt2q::score::{logits, Scorer};
 use gpt2q::session::{self, SessionConfig, SessionPlan};
 use gpt2q::task::Task;
 use gpt2q::tokenizer::Utf8Stream;
@@ -340,8 +340,9 @@ impl Model {
         let job = Job::spawn(&self.pool, move |emitter| {
             let mut owned = slot.take()?;
             let outcome = owned.with(|session| {
+                let mut scorer = Scorer::new(session, window, stride)?;
                 for text in list {
-                    let score = score_text(session, &text, window, stride)?;
+                    let score = scorer.score(&text)?;
                     if !emitter.emit((text, score)) {
                         break;
                     }
