@@ -224,18 +224,7 @@ impl<'s, 'm> Generator<'s, 'm> {
         policy: ContextPolicy,
     ) -> Self {
         session.reset();
-        let keep = match policy {
-            ContextPolicy::Stop => 0,
-            ContextPolicy::Shift { keep } => keep.min(session.capacity()),
-        };
-        Generator {
-            session,
-            sampler,
-            history,
-            policy,
-            keep,
-            dropped: 0,
-        }
+        Self::resume(session, sampler, history, policy)
     }
 
     /// As [`Generator::new`], but keeps what the session already holds of `history`: its first
@@ -254,6 +243,16 @@ impl<'s, 'm> Generator<'s, 'm> {
             .min(session.pos())
             .min(history.len().saturating_sub(1));
         session.truncate(reuse);
+        Self::resume(session, sampler, history, policy)
+    }
+
+    /// A generator over what `session` holds now, `history`'s tokens after its position pending.
+    fn resume(
+        session: &'s mut Session<'m>,
+        sampler: &'s mut Sampler,
+        history: Vec<u32>,
+        policy: ContextPolicy,
+    ) -> Self {
         let keep = match policy {
             ContextPolicy::Stop => 0,
             ContextPolicy::Shift { keep } => keep.min(session.capacity()),
