@@ -8,7 +8,9 @@
 //! * prefill: a batch of `tokens` (default 128) against one copy (a prompt's batch reuses the
 //!   weights from cache), without the LM head (a prefill computes only the last token's logits).
 //!
-//! Prints the median time of each product and their sum per token or per pass.
+//! Prints the median time of each product and their sum per token or per pass. With one thread
+//! and `CLOCK=cpu`, the time is the thread's CPU time (from `/proc/thread-self/schedstat`), which
+//! other processes sharing the machine disturb less than the wall clock.
 
 use std::time::Instant;
 
@@ -36,13 +38,25 @@ fn matrix(file: &ModelFile, dtype: DType, rows: usize, cols: usize) -> Matrix<'_
     Matrix::new(rows, cols, w).unwrap()
 }
 
-/// Median of `rounds` timings of `f`, in microseconds.
-fn median_us(rounds: usize, mut f: impl FnMut()) -> f64 {
+/// Nanoseconds this thread has run on a CPU.
+fn thread_cpu_ns() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    stat.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Median of `rounds` timings of `f` (wall clock, or this thread's CPU time), in microseconds.
+fn median_us(rounds: usize, cpu_time: bool, mut f: impl FnMut()) -> f64 {
     let mut samples: Vec<f64> = (0..rounds)
         .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e6
+            if cpu_time {
+                let t = thread_cpu_ns();
+                f();
+                (thread_cpu_ns() - t) / 1e3
+            } else {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e6
+            }
         })
         .collect();
     samples.sort_by(f64::total_cmp);
@@ -62,6 +76,7 @@ fn main() {
     } else {
         args.get(4).map_or(128, |s| s.parse().unwrap())
     };
+    let cpu_time = threads == 1 && std::env::var("CLOCK").is_ok_and(|c| c == "cpu");
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
@@ -82,7 +97,7 @@ fn main() {
         let ms: Vec<Matrix<'_>> = files.iter().map(|f| matrix(f, dtype, rows, cols)).collect();
         let x = rng.floats(cols * tokens, 0.05);
         let mut y = vec![0f32; rows * tokens];
-        let med = median_us(7, || {
+        let med = median_us(7, cpu_time, || {
             for m in &ms {
                 kernels::matmul(m, &x, tokens, &mut y, &mut scratch);
             }

@@ -217,6 +217,10 @@ fn dot_row(ops: &Ops, part: &Matrix<'_>, r: usize, x: &[f32]) -> f32 {
     }
 }
 
+/// Rows the widest packed kernel takes as a group (AVX-512's sixteen i32 lanes); row tiles and
+/// tasks are multiples of it.
+const GROUP_ROWS: usize = 16;
+
 /// Bytes of weights a batch works on at a time: the rows stay in L2 while every token of the
 /// batch passes over them.
 const TILE_WEIGHT_BYTES: usize = 96 << 10;
@@ -239,7 +243,8 @@ fn tiled<W>(
     let rows = if n == 1 {
         w.len() / nb
     } else {
-        (TILE_WEIGHT_BYTES / (nb * std::mem::size_of::<W>())).max(8) / 8 * 8
+        (TILE_WEIGHT_BYTES / (nb * std::mem::size_of::<W>())).max(GROUP_ROWS) / GROUP_ROWS
+            * GROUP_ROWS
     };
     for (wc, yc) in w.chunks(rows * nb).zip(ys.chunks_mut(rows * n)) {
         kernel(wc, act, prep, nb, yc);
@@ -260,11 +265,11 @@ fn rows_parallel(
         return;
     }
     // A batch works in larger tasks: each one converts its activations' per-block terms and
-    // packs its weights once. Multiples of 8 rows keep the SIMD kernels' row groups whole.
+    // packs its weights once. Multiples of `GROUP_ROWS` keep the SIMD kernels' row groups whole.
     let tasks_per_thread = if n == 1 { 16 } else { 4 };
     let rows_per_task = ROWS_PER_TASK
         .max(w.rows / (threads * tasks_per_thread))
-        .next_multiple_of(8);
+        .next_multiple_of(GROUP_ROWS);
     y_t.par_chunks_mut(rows_per_task * n)
         .enumerate()
         .for_each(|(i, ys)| {

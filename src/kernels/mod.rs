@@ -2,9 +2,10 @@
 //!
 //! At first use, [`path`] detects the CPU once (`is_x86_feature_detected!` /
 //! `is_aarch64_feature_detected!`, `AT_HWCAP` on 32-bit ARM) and picks a table of [`Ops`]:
-//! AVX2+FMA+F16C on x86-64 (with AVX-512 VNNI's `vpdpbusd` for batches where present), NEON (plus `dotprod` where present) on aarch64, NEON with VFPv4 on
-//! 32-bit ARM, else the portable [`scalar`] twins. Setting
-//! `GPT2Q_KERNELS=scalar` forces the scalar table, for comparison. Everything above this module
+//! AVX2+FMA+F16C on x86-64 (with AVX-512 VNNI's `vpdpbusd` for batches where present), NEON
+//! (plus `dotprod` where present) on aarch64, NEON with VFPv4 on 32-bit ARM, else the portable
+//! [`scalar`] twins. Setting `GPT2Q_KERNELS` to a table's name ([`KernelPath::name`], e.g.
+//! `scalar` or `avx2`) picks that table instead, if this CPU can run it, for comparison. Everything above this module
 //! calls the safe functions here; they check lengths with real asserts (a mismatch is a bug in the
 //! model code, never user input).
 //!
@@ -39,9 +40,9 @@ pub enum KernelPath {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// [`KernelPath::Avx2`] with batch products on AVX-512 VNNI's `vpdpbusd` (256-bit vectors;
-    /// e.g. AMD Zen 4, Intel Ice Lake and later servers).
-    Avx2Vnni,
+    /// [`KernelPath::Avx2`] with batch products on AVX-512 VNNI's `vpdpbusd`, 512-bit vectors
+    /// (e.g. AMD Zen 4, Intel Ice Lake and later servers).
+    Avx512Vnni,
     /// aarch64 NEON (ARMv8.0, e.g. Cortex-A72 in the Raspberry Pi 4).
     Neon,
     /// aarch64 NEON with the ARMv8.2 `sdot` instruction (e.g. Cortex-A76 in the Raspberry Pi 5).
@@ -56,7 +57,7 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
-            KernelPath::Avx2Vnni => "avx2-vnni",
+            KernelPath::Avx512Vnni => "avx512-vnni",
             KernelPath::Neon => "neon",
             KernelPath::NeonDotprod => "neon-dotprod",
             KernelPath::Armv7Neon => "armv7-neon",
@@ -224,15 +225,17 @@ pub fn tile_shape(w_blocks: usize, x_blocks: usize, nb: usize, out_len: usize) -
     (rows, n)
 }
 
-/// The table for this CPU (detected once), or the scalar one if `GPT2Q_KERNELS=scalar`.
+/// The table for this CPU (detected once), or the one `GPT2Q_KERNELS` names if this CPU can
+/// run it.
 pub fn ops() -> &'static Ops {
     static OPS: OnceLock<Ops> = OnceLock::new();
     OPS.get_or_init(|| {
-        if std::env::var("GPT2Q_KERNELS").is_ok_and(|v| v == "scalar") {
-            scalar::ops()
-        } else {
-            detect()
-        }
+        let chosen = std::env::var("GPT2Q_KERNELS").ok().and_then(|name| {
+            tables()
+                .into_iter()
+                .find(|t| t.path.name() == name.as_str())
+        });
+        chosen.unwrap_or_else(detect)
     })
 }
 
@@ -249,7 +252,7 @@ pub fn tables() -> Vec<Ops> {
         // SAFETY: the features avx2::ops requires were just detected.
         all.push(unsafe { avx2::ops() });
         if vnni_supported() {
-            // SAFETY: as above, and AVX-512 VNNI and VL were just detected.
+            // SAFETY: as above, and AVX-512 F, BW and VNNI were just detected.
             all.push(unsafe { avx2::vnni_ops() });
         }
     }
@@ -267,10 +270,12 @@ fn avx2_supported() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// AVX-512 VNNI with 256-bit (VL) forms, for `vpdpbusd` on ymm registers.
+/// AVX-512 F, BW and VNNI, for `vpdpbusd` on 512-bit vectors.
 #[cfg(target_arch = "x86_64")]
 fn vnni_supported() -> bool {
-    is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
 }
 
 #[cfg(target_arch = "x86_64")]

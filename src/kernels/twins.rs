@@ -132,7 +132,7 @@ fn abs_terms(dw: &[f32], wq: &[Vec<i32>], x: &[BlockQ8Act]) -> f64 {
 /// tokens and widths around the packing chunk of 32 blocks; single tokens (decode) with 0..=3
 /// blocks beyond a multiple of four; two or three tokens with rows not a multiple of eight; a
 /// row of 257 blocks.
-const SHAPES: [(usize, usize, usize); 20] = [
+const SHAPES: [(usize, usize, usize); 23] = [
     (1, 1, 1),
     (3, 5, 3),
     (2, 4, 4),
@@ -153,6 +153,9 @@ const SHAPES: [(usize, usize, usize); 20] = [
     (6, 2, 9),
     (7, 3, 50),
     (13, 2, 257),
+    (32, 15, 40),
+    (48, 8, 50),
+    (33, 11, 9),
 ];
 
 /// `ops`' product (`fast`) against the scalar one on every shape and fill, within
@@ -223,7 +226,7 @@ fn integer_tile_sums_are_exact_at_the_range_limits() {
     // The widest values both sides may hold (q8 weights and activations in −127..=127), all
     // products of one sign: the NEON kernels sum two of them per i16 lane (32258).
     for ops in tables() {
-        for (rows, n, nb) in [(5, 1, 3), (6, 3, 2), (9, 6, 3), (8, 2, 9)] {
+        for (rows, n, nb) in [(5, 1, 3), (6, 3, 2), (9, 6, 3), (8, 2, 9), (32, 11, 3)] {
             for (wq, xq) in [(127i8, 127i8), (-127, 127), (-127, -127)] {
                 let w = vec![
                     BlockQ8 {

@@ -19,6 +19,7 @@
 mod decode;
 mod elem;
 mod packed;
+mod packed512;
 
 use std::arch::x86_64::*;
 
@@ -51,13 +52,15 @@ pub(super) unsafe fn ops() -> Ops {
     }
 }
 
-/// The AVX2 table with the batch (prefill) products on `vpdpbusd`.
+/// The AVX2 table with the batch (prefill) products on 512-bit `vpdpbusd` ([`packed512`]).
 ///
 /// # Safety
-/// As [`ops`], and the CPU must support AVX-512 VNNI and VL.
+/// As [`ops`], and the CPU must support AVX-512 F, BW and VNNI.
 pub(super) unsafe fn vnni_ops() -> Ops {
     Ops {
-        path: KernelPath::Avx2Vnni,
+        path: KernelPath::Avx512Vnni,
+        prepare_q8: prepare_q8_vnni,
+        prepare_q4: prepare_q4_vnni,
         matmul_q8: matmul_q8_vnni,
         matmul_q4: matmul_q4_vnni,
         ..ops()
@@ -101,26 +104,51 @@ fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out:
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C); the shapes were
     // checked: `w` holds `rows · nb` blocks, `x` holds `n · nb`, `out` holds `rows · n`.
-    unsafe { matmul_tiles::<Q8Tile, packed::Maddubs>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles::<Q8Tile>(w, x, prep, nb, rows, n, out) }
 }
 
 fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: as in `matmul_q8`.
-    unsafe { matmul_tiles::<Q4Tile, packed::Maddubs>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles::<Q4Tile>(w, x, prep, nb, rows, n, out) }
+}
+
+/// Prepares `x` for [`matmul_q8_vnni`]: for a batch, `−128 · Σ q_x` per block.
+fn prepare_q8_vnni(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
+    prepare_vnni_batch(x, nb, <BlockQ8 as packed512::Weights>::OFFSET, prep);
+}
+
+/// Prepares `x` for [`matmul_q4_vnni`]: one token as for [`matmul_q4`], a batch with
+/// `−8 · Σ q_x` per block.
+fn prepare_q4_vnni(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
+    if x.len() == nb {
+        prepare_q4(x, nb, prep);
+    } else {
+        prepare_vnni_batch(x, nb, <BlockQ4 as packed512::Weights>::OFFSET, prep);
+    }
+}
+
+/// The terms [`packed512::matmul`] starts its block sums from, for a batch it takes.
+fn prepare_vnni_batch(x: &[BlockQ8Act], nb: usize, offset: i32, prep: &mut [PrepLane]) {
+    let n = x.len().checked_div(nb).unwrap_or(0);
+    assert!(prep.len() >= prepared_len(n, nb), "prepare: room");
+    if n >= packed::MIN_TOKENS {
+        // SAFETY: only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA, F16C).
+        unsafe { packed512::neg_act_terms(&x[..n * nb], offset, prep) }
+    }
 }
 
 fn matmul_q8_vnni(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
-    // SAFETY: only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA, F16C, AVX-512
-    // VNNI and VL); shapes checked as in `matmul_q8`.
-    unsafe { matmul_tiles::<Q8Tile, packed::Dpbusd>(w, x, prep, nb, rows, n, out) }
+    // SAFETY: only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA, F16C, AVX-512 F,
+    // BW and VNNI); shapes checked as in `matmul_q8`.
+    unsafe { matmul_tiles_vnni::<Q8Tile>(w, x, prep, nb, rows, n, out) }
 }
 
 fn matmul_q4_vnni(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: as in `matmul_q8_vnni`.
-    unsafe { matmul_tiles::<Q4Tile, packed::Dpbusd>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles_vnni::<Q4Tile>(w, x, prep, nb, rows, n, out) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -734,10 +762,9 @@ unsafe fn token_group<F: TileFormat, const R: usize, const T: usize>(
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w.len() == rows · nb`, `x.len() == n · nb`,
-/// `out.len() == rows · n`; `prep` is at least [`prepared_len`]`(n, nb)` lanes; with
-/// `G = Dpbusd`, AVX-512 VNNI and VL.
+/// `out.len() == rows · n`; `prep` is at least [`prepared_len`]`(n, nb)` lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn matmul_tiles<F: TileFormat, G: packed::GroupDot>(
+unsafe fn matmul_tiles<F: TileFormat>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
@@ -758,9 +785,38 @@ unsafe fn matmul_tiles<F: TileFormat, G: packed::GroupDot>(
         } else {
             &[]
         };
-        packed::matmul::<F::Packed, G>(w, x, terms, nb, groups, n, out);
+        packed::matmul::<F::Packed>(w, x, terms, nb, groups, n, out);
         r0 = groups * packed::GROUP_ROWS;
     }
+    row_major_tiles::<F>(&w[r0 * nb..], x, nb, rows - r0, n, &mut out[r0 * n..]);
+}
+
+/// [`matmul_tiles`] with batches of [`packed::MIN_TOKENS`] or more on [`packed512`], sixteen
+/// rows at a time; the rows left over go through the row-major tiles (the prepared terms are
+/// [`packed512`]'s, not [`packed`]'s).
+///
+/// # Safety
+/// As [`matmul_tiles`], with `prep` from [`prepare_q8_vnni`] / [`prepare_q4_vnni`]; AVX-512 F,
+/// BW and VNNI must be available.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn matmul_tiles_vnni<F: TileFormat>(
+    w: &[F::W],
+    x: &[BlockQ8Act],
+    prep: &[PrepLane],
+    nb: usize,
+    rows: usize,
+    n: usize,
+    out: &mut [f32],
+) where
+    F::W: packed512::Weights,
+{
+    if n < packed::MIN_TOKENS {
+        matmul_tiles::<F>(w, x, prep, nb, rows, n, out);
+        return;
+    }
+    let groups = rows / packed512::GROUP_ROWS;
+    packed512::matmul(w, x, &lanes_i32(prep)[..n * nb], nb, groups, n, out);
+    let r0 = groups * packed512::GROUP_ROWS;
     row_major_tiles::<F>(&w[r0 * nb..], x, nb, rows - r0, n, &mut out[r0 * n..]);
 }
 

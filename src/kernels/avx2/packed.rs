@@ -16,7 +16,6 @@
 //!
 //! Integer block sums are exact; only the float summation order differs from the scalar twin.
 
-use std::arch::asm;
 use std::arch::x86_64::*;
 
 use crate::kernels::{lanes_i32_mut, PrepLane};
@@ -63,124 +62,23 @@ pub(super) trait PackFormat {
     /// # Safety
     /// AVX2, FMA and F16C must be available; every `x[t]` and `terms[t]` holds at least
     /// `packed.len()` blocks.
-    unsafe fn chunk<G: GroupDot, const T: usize>(
+    unsafe fn chunk<const T: usize>(
         packed: &[PackedBlock],
         x: &[&[BlockQ8Act]; T],
         terms: &[&[i32]; T],
     ) -> [__m256; T];
 }
 
-/// How a group's products are summed: `maddubs` + `madd` (AVX2), or `vpdpbusd` (AVX-512 VNNI
-/// on 256-bit vectors), which multiplies unsigned by signed bytes and adds each four products
-/// straight into an i32 lane, without the intermediate i16 saturation.
-pub(super) trait GroupDot {
-    /// What q4 sums accumulate in over a block.
-    type Q4Sums: Copy;
-    /// `acc` plus, per i32 lane, the four products of unsigned `a` and signed `b` bytes. Exact
-    /// when each adjacent pair's products fit in i16 (`maddubs`; the callers' ranges ensure it).
-    ///
-    /// # Safety
-    /// The CPU must have the features the implementation uses.
-    unsafe fn dot4(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
-    /// Empty q4 sums.
-    ///
-    /// # Safety
-    /// As [`GroupDot::dot4`].
-    unsafe fn q4_zero() -> Self::Q4Sums;
-    /// `sums` plus one group of q4 codes (`0..=15`) times activation bytes.
-    ///
-    /// # Safety
-    /// As [`GroupDot::dot4`].
-    unsafe fn q4_add(sums: Self::Q4Sums, codes: __m256i, x: __m256i) -> Self::Q4Sums;
-    /// The block's sums as i32 lanes.
-    ///
-    /// # Safety
-    /// As [`GroupDot::dot4`].
-    unsafe fn q4_lanes(sums: Self::Q4Sums) -> __m256i;
-}
-
-/// `maddubs` + `madd` (AVX2).
-pub(super) struct Maddubs;
-/// `vpdpbusd` (AVX-512 VNNI with VL).
-pub(super) struct Dpbusd;
-
-impl GroupDot for Maddubs {
-    /// i16 sums: codes ≤ 15 and |x| ≤ 128 keep them within ±30720 over a block.
-    type Q4Sums = __m256i;
-    /// # Safety
-    /// As [`GroupDot::dot4`].
-    #[inline(always)]
-    unsafe fn dot4(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(a, b);
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-    }
-    /// # Safety
-    /// As [`GroupDot::q4_zero`].
-    #[inline(always)]
-    unsafe fn q4_zero() -> __m256i {
-        _mm256_setzero_si256()
-    }
-    /// # Safety
-    /// As [`GroupDot::q4_add`].
-    #[inline(always)]
-    unsafe fn q4_add(sums: __m256i, codes: __m256i, x: __m256i) -> __m256i {
-        _mm256_add_epi16(sums, _mm256_maddubs_epi16(codes, x))
-    }
-    /// # Safety
-    /// As [`GroupDot::q4_lanes`].
-    #[inline(always)]
-    unsafe fn q4_lanes(sums: __m256i) -> __m256i {
-        _mm256_madd_epi16(sums, _mm256_set1_epi16(1))
-    }
-}
-
-impl GroupDot for Dpbusd {
-    type Q4Sums = __m256i;
-    /// # Safety
-    /// As [`GroupDot::dot4`]: AVX-512 VNNI and VL.
-    #[inline(always)]
-    unsafe fn dot4(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        vpdpbusd(acc, a, b)
-    }
-    /// # Safety
-    /// As [`GroupDot::q4_zero`].
-    #[inline(always)]
-    unsafe fn q4_zero() -> __m256i {
-        _mm256_setzero_si256()
-    }
-    /// # Safety
-    /// As [`GroupDot::q4_add`].
-    #[inline(always)]
-    unsafe fn q4_add(sums: __m256i, codes: __m256i, x: __m256i) -> __m256i {
-        Self::dot4(sums, codes, x)
-    }
-    /// # Safety
-    /// As [`GroupDot::q4_lanes`].
-    #[inline(always)]
-    unsafe fn q4_lanes(sums: __m256i) -> __m256i {
-        sums
-    }
-}
-
-/// `acc` plus, per i32 lane, the four products of unsigned `a` and signed `b` bytes (`vpdpbusd`,
-/// EVEX-encoded on ymm registers). In `asm!` because the intrinsic's target features are newer
-/// than the crate's minimum Rust.
+/// `acc` plus, per i32 lane, the four products of unsigned `a` and signed `b` bytes
+/// (`maddubs` + `madd`). Exact when each adjacent pair's products fit in i16 (the callers'
+/// ranges ensure it).
 ///
 /// # Safety
-/// The CPU must support AVX2, AVX-512 VNNI and AVX-512 VL.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn vpdpbusd(mut acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-    // SAFETY: the instruction only reads and writes the named registers; the caller guarantees
-    // the CPU has it.
-    asm!(
-        "vpdpbusd {acc}, {a}, {b}",
-        acc = inout(ymm_reg) acc,
-        a = in(ymm_reg) a,
-        b = in(ymm_reg) b,
-        options(pure, nomem, nostack, preserves_flags)
-    );
-    acc
+/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
+#[inline(always)]
+unsafe fn dot4(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(a, b);
+    _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
 /// Packed q8.
@@ -214,7 +112,7 @@ unsafe fn scaled(acc: __m256, pb: &PackedBlock, x: &BlockQ8Act, lanes: __m256i) 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
-unsafe fn hsum_epi32(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_epi32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
@@ -250,7 +148,7 @@ impl PackFormat for Q8Packed {
     // not compiled for AVX2.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn chunk<G: GroupDot, const T: usize>(
+    unsafe fn chunk<const T: usize>(
         packed: &[PackedBlock],
         x: &[&[BlockQ8Act]; T],
         _: &[&[i32]; T],
@@ -263,7 +161,7 @@ impl PackFormat for Q8Packed {
                 for t in 0..T {
                     let xb = group_of_four(&x[t][b], k);
                     // Weights are in −127..=127 and |x| ≤ 128 fits in u8: pairs ≤ 2 · 127 · 128.
-                    sums[t] = G::dot4(sums[t], _mm256_sign_epi8(xb, xb), _mm256_sign_epi8(w, xb));
+                    sums[t] = dot4(sums[t], _mm256_sign_epi8(xb, xb), _mm256_sign_epi8(w, xb));
                 }
             }
             for t in 0..T {
@@ -290,22 +188,26 @@ impl PackFormat for Q4Packed {
     /// As [`PackFormat::chunk`].
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn chunk<G: GroupDot, const T: usize>(
+    unsafe fn chunk<const T: usize>(
         packed: &[PackedBlock],
         x: &[&[BlockQ8Act]; T],
         terms: &[&[i32]; T],
     ) -> [__m256; T] {
         let mut acc = [_mm256_setzero_ps(); T];
         for (b, pb) in packed.iter().enumerate() {
-            let mut sums = [G::q4_zero(); T];
+            let mut sums = [_mm256_setzero_si256(); T];
             for k in 0..8 {
                 let w = packed_vector(pb, k);
                 for t in 0..T {
-                    sums[t] = G::q4_add(sums[t], w, group_of_four(&x[t][b], k));
+                    sums[t] = _mm256_add_epi16(
+                        sums[t],
+                        _mm256_maddubs_epi16(w, group_of_four(&x[t][b], k)),
+                    );
                 }
             }
             for t in 0..T {
-                let dot = _mm256_sub_epi32(G::q4_lanes(sums[t]), _mm256_set1_epi32(terms[t][b]));
+                let lanes = _mm256_madd_epi16(sums[t], _mm256_set1_epi16(1));
+                let dot = _mm256_sub_epi32(lanes, _mm256_set1_epi32(terms[t][b]));
                 acc[t] = scaled(acc[t], pb, &x[t][b], dot);
             }
         }
@@ -358,7 +260,7 @@ unsafe fn pack<F: PackFormat>(
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
-unsafe fn transpose_dwords(m: [__m256i; 8]) -> [__m256i; 8] {
+pub(super) unsafe fn transpose_dwords(m: [__m256i; 8]) -> [__m256i; 8] {
     // Pairs of rows interleaved by dword, then by qword: within each 128-bit half, `u[4q + k]`
     // holds dword `k` (or `k + 4` in the upper half) of rows `4q..4q + 4`.
     let t = |a: usize, b: usize| {
@@ -414,12 +316,12 @@ pub(super) unsafe fn q4_act_terms(x: &[BlockQ8Act], prep: &mut [PrepLane]) {
 /// reads them.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available (and AVX-512 VNNI with VL for [`Dpbusd`]); `w` holds
+/// AVX2, FMA and F16C must be available; `w` holds
 /// at least `groups · 8 · nb` blocks, `x`
 /// holds `n · nb` and `out` at least `groups · 8 · n` values; `terms` holds `n · nb` if
 /// [`PackFormat::TERMS`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn matmul<F: PackFormat, G: GroupDot>(
+pub(super) unsafe fn matmul<F: PackFormat>(
     w: &[F::W],
     x: &[BlockQ8Act],
     terms: &[i32],
@@ -438,13 +340,13 @@ pub(super) unsafe fn matmul<F: PackFormat, G: GroupDot>(
             let span = (r0, n, nb, b0, b0 == 0);
             let mut t0 = 0;
             while t0 + 4 <= n {
-                tokens::<F, G, 4>(chunk, x, terms, span, t0, out);
+                tokens::<F, 4>(chunk, x, terms, span, t0, out);
                 t0 += 4;
             }
             match n - t0 {
-                3 => tokens::<F, G, 3>(chunk, x, terms, span, t0, out),
-                2 => tokens::<F, G, 2>(chunk, x, terms, span, t0, out),
-                1 => tokens::<F, G, 1>(chunk, x, terms, span, t0, out),
+                3 => tokens::<F, 3>(chunk, x, terms, span, t0, out),
+                2 => tokens::<F, 2>(chunk, x, terms, span, t0, out),
+                1 => tokens::<F, 1>(chunk, x, terms, span, t0, out),
                 _ => {}
             }
         }
@@ -457,7 +359,7 @@ pub(super) unsafe fn matmul<F: PackFormat, G: GroupDot>(
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
 #[inline(always)]
-unsafe fn tokens<F: PackFormat, G: GroupDot, const T: usize>(
+unsafe fn tokens<F: PackFormat, const T: usize>(
     packed: &[PackedBlock],
     x: &[BlockQ8Act],
     terms: &[i32],
@@ -474,7 +376,7 @@ unsafe fn tokens<F: PackFormat, G: GroupDot, const T: usize>(
             &terms[(t0 + k) * nb + b0..][..len]
         }
     });
-    let acc = F::chunk::<G, T>(packed, &xs, &ts);
+    let acc = F::chunk::<T>(packed, &xs, &ts);
     for (k, a) in acc.iter().enumerate() {
         let mut lanes = [0f32; GROUP_ROWS];
         _mm256_storeu_ps(lanes.as_mut_ptr(), *a);

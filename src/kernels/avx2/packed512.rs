@@ -1,0 +1,255 @@
+//! Batch products (prefill) on AVX-512 VNNI: sixteen weight rows per 512-bit `vpdpbusd`.
+//!
+//! The layout of [`super::packed`], twice as wide: a packed block holds sixteen rows' 32
+//! weights, and dword `r` of vector `k` is row `r`'s elements `4k..4k + 4`. `vpdpbusd`
+//! multiplies unsigned by signed bytes, four products into each i32 lane, so the weights are
+//! packed unsigned — a q8 weight as `w + 128`, a q4 code as it is stored, `w + 8` — and the
+//! activations stay signed: a block's sum is `Σ w · x + c · Σ x` (c = 128 or 8), and each block's
+//! sum starts from `−c · Σ x`, prepared once per product ([`neg_act_terms`]). No sign trick and
+//! no i16 stage: one instruction per four bytes of sixteen rows.
+//!
+//! Eight tokens meet a packed block while its eight vectors sit in registers; each token's four
+//! activation bytes are broadcast by the instruction's memory operand. A block then costs, per
+//! token and sixteen rows, eight `vpdpbusd`, the start from the term, a conversion, the product
+//! of the rows' scales with the token's, and one FMA.
+//!
+//! Integer block sums are exact; only the float summation order differs from the scalar twin.
+
+use std::arch::x86_64::*;
+
+use crate::kernels::{lanes_i32_mut, PrepLane};
+use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
+
+/// Rows in a packed group: one i32 lane of a 512-bit vector each.
+pub(super) const GROUP_ROWS: usize = 16;
+/// Blocks packed at a time: 32 · 576 bytes stay in L1 while the tokens pass over them.
+const CHUNK_BLOCKS: usize = 32;
+/// Tokens that meet a packed block together.
+const TILE_TOKENS: usize = 8;
+
+/// Sixteen rows' block, interleaved (see the module comment), and the rows' scales.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct PackedBlock {
+    q: [[u8; 64]; 8],
+    d: [f32; GROUP_ROWS],
+}
+
+const EMPTY: PackedBlock = PackedBlock {
+    q: [[0; 64]; 8],
+    d: [0.0; GROUP_ROWS],
+};
+
+/// A weight format the kernels take.
+pub(super) trait Weights {
+    /// `c`: what each activation byte's weight is offset by when packed unsigned.
+    const OFFSET: i32;
+    /// A block's 32 weights plus [`Weights::OFFSET`], as unsigned bytes in element order.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available.
+    unsafe fn unsigned_bytes(&self) -> __m256i;
+    /// The block's f16 scale bits.
+    fn scale_bits(&self) -> u16;
+}
+
+impl Weights for BlockQ8 {
+    const OFFSET: i32 = 128;
+    /// # Safety
+    /// As [`Weights::unsigned_bytes`].
+    #[inline(always)]
+    unsafe fn unsigned_bytes(&self) -> __m256i {
+        // Reads exactly the 32 bytes of `qs`; `w ^ 0x80` is `w + 128` as an unsigned byte.
+        let w = _mm256_loadu_si256(self.qs.as_ptr().cast());
+        _mm256_xor_si256(w, _mm256_set1_epi8(i8::MIN))
+    }
+    fn scale_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+}
+
+impl Weights for BlockQ4 {
+    const OFFSET: i32 = 8;
+    /// # Safety
+    /// As [`Weights::unsigned_bytes`].
+    #[inline(always)]
+    unsafe fn unsigned_bytes(&self) -> __m256i {
+        super::q4_codes(self)
+    }
+    fn scale_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+}
+
+/// `−c · Σ q_x` of every block of `x` into the first `x.len()` i32 values of `prep` (panics if
+/// it is shorter): the start of each block's sum in [`matmul`] for weights offset by `c`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn neg_act_terms(x: &[BlockQ8Act], c: i32, prep: &mut [PrepLane]) {
+    // Σ q_x as `maddubs` of ones with the bytes (pairs within ±256), then `madd`.
+    let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
+    for (t, b) in lanes_i32_mut(prep)[..x.len()].iter_mut().zip(x) {
+        let pairs = _mm256_maddubs_epi16(ones8, super::load_act(b));
+        *t = -c * super::packed::hsum_epi32(_mm256_madd_epi16(pairs, ones16));
+    }
+}
+
+/// `out[r · n + t]` for the first `groups · 16` rows of `w` and all `n` tokens of `x` (rows and
+/// tokens of `nb` blocks; `out` is `(rows, n)`), with `terms` from [`neg_act_terms`] for
+/// `W::OFFSET`.
+///
+/// # Safety
+/// AVX2, FMA, F16C, AVX-512 F, BW and VNNI must be available; `w` holds at least
+/// `groups · 16 · nb` blocks, `x` and `terms` hold `n · nb` and `out` at least `groups · 16 · n`
+/// values.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn matmul<W: Weights>(
+    w: &[W],
+    x: &[BlockQ8Act],
+    terms: &[i32],
+    nb: usize,
+    groups: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let mut packed = [EMPTY; CHUNK_BLOCKS];
+    for g in 0..groups {
+        let r0 = g * GROUP_ROWS;
+        for b0 in (0..nb).step_by(CHUNK_BLOCKS) {
+            let chunk = &mut packed[..CHUNK_BLOCKS.min(nb - b0)];
+            pack(w, nb, r0, b0, chunk);
+            let span = Span {
+                r0,
+                n,
+                nb,
+                b0,
+                first: b0 == 0,
+            };
+            let mut t0 = 0;
+            while t0 + TILE_TOKENS <= n {
+                tokens::<TILE_TOKENS>(chunk, x, terms, &span, t0, out);
+                t0 += TILE_TOKENS;
+            }
+            match n - t0 {
+                7 => tokens::<7>(chunk, x, terms, &span, t0, out),
+                6 => tokens::<6>(chunk, x, terms, &span, t0, out),
+                5 => tokens::<5>(chunk, x, terms, &span, t0, out),
+                4 => tokens::<4>(chunk, x, terms, &span, t0, out),
+                3 => tokens::<3>(chunk, x, terms, &span, t0, out),
+                2 => tokens::<2>(chunk, x, terms, &span, t0, out),
+                1 => tokens::<1>(chunk, x, terms, &span, t0, out),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Where a chunk's results go: rows from `r0`, `n` tokens of `nb` blocks, the chunk's first
+/// block `b0`, and whether it is the first chunk of its rows (written, not added).
+struct Span {
+    r0: usize,
+    n: usize,
+    nb: usize,
+    b0: usize,
+    first: bool,
+}
+
+/// Packs blocks `b0..b0 + out.len()` of rows `r0..r0 + 16` of `w` (rows of `nb` blocks).
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-512 F must be available (it is inlined into [`matmul`]).
+#[inline(always)]
+unsafe fn pack<W: Weights>(w: &[W], nb: usize, r0: usize, b0: usize, out: &mut [PackedBlock]) {
+    for (j, pb) in out.iter_mut().enumerate() {
+        let block = |r: usize| &w[(r0 + r) * nb + b0 + j];
+        for half in 0..2 {
+            let mut rows = [_mm256_setzero_si256(); 8];
+            for (r, v) in rows.iter_mut().enumerate() {
+                *v = block(8 * half + r).unsigned_bytes();
+            }
+            for (k, v) in super::packed::transpose_dwords(rows)
+                .into_iter()
+                .enumerate()
+            {
+                // Writes exactly 32 bytes within the 64 of `pb.q[k]`.
+                _mm256_storeu_si256(pb.q[k][32 * half..].as_mut_ptr().cast(), v);
+            }
+        }
+        let mut bits = [0u16; GROUP_ROWS];
+        for (r, b) in bits.iter_mut().enumerate() {
+            *b = block(r).scale_bits();
+        }
+        // Reads the 32 bytes of `bits`; writes exactly the 16 floats of `pb.d` (aligned).
+        let halves = _mm256_loadu_si256(bits.as_ptr().cast());
+        _mm512_store_ps(pb.d.as_mut_ptr(), _mm512_cvtph_ps(halves));
+    }
+}
+
+/// One chunk against tokens `t0..t0 + T`, written (first chunk) or added into `out`.
+///
+/// # Safety
+/// As [`matmul`] (it is inlined into it).
+#[inline(always)]
+unsafe fn tokens<const T: usize>(
+    packed: &[PackedBlock],
+    x: &[BlockQ8Act],
+    terms: &[i32],
+    span: &Span,
+    t0: usize,
+    out: &mut [f32],
+) {
+    let len = packed.len();
+    let start = |k: usize| (t0 + k) * span.nb + span.b0;
+    let xs: [&[BlockQ8Act]; T] = std::array::from_fn(|k| &x[start(k)..][..len]);
+    let ts: [&[i32]; T] = std::array::from_fn(|k| &terms[start(k)..][..len]);
+    let acc = chunk::<T>(packed, &xs, &ts);
+    for (k, a) in acc.iter().enumerate() {
+        let mut lanes = [0f32; GROUP_ROWS];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
+        for (r, v) in lanes.iter().enumerate() {
+            let y = &mut out[(span.r0 + r) * span.n + t0 + k];
+            *y = if span.first { *v } else { *y + v };
+        }
+    }
+}
+
+/// `acc[t]` lane `r` = `Σ_b d_w · d_x · (exact block dot)` of packed row `r` with token `x[t]`
+/// over the chunk's blocks (`x[t][b]` and `terms[t][b]` meet `packed[b]`).
+///
+/// # Safety
+/// As [`matmul`] (it is inlined into it); every `x[t]` and `terms[t]` holds at least
+/// `packed.len()` values.
+// Index loops over small const-size arrays: iterator adaptors would add closures that are not
+// compiled for these features.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn chunk<const T: usize>(
+    packed: &[PackedBlock],
+    x: &[&[BlockQ8Act]; T],
+    terms: &[&[i32]; T],
+) -> [__m512; T] {
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (b, pb) in packed.iter().enumerate() {
+        let mut w = [_mm512_setzero_si512(); 8];
+        for (k, v) in w.iter_mut().enumerate() {
+            // Reads exactly the 64 bytes of `pb.q[k]` (aligned: 64-byte rows of an aligned struct).
+            *v = _mm512_load_si512(pb.q[k].as_ptr().cast());
+        }
+        // Reads exactly the 16 floats of `pb.d` (aligned).
+        let d = _mm512_load_ps(pb.d.as_ptr());
+        for t in 0..T {
+            let xb = &x[t][b];
+            let mut sum = _mm512_set1_epi32(terms[t][b]);
+            for (k, wk) in w.iter().enumerate() {
+                let group: [i8; 4] = xb.qs[4 * k..4 * k + 4].try_into().expect("four bytes");
+                let group = i32::from_le_bytes(group.map(|q| q as u8));
+                sum = _mm512_dpbusd_epi32(sum, *wk, _mm512_set1_epi32(group));
+            }
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[t]);
+        }
+    }
+    acc
+}
