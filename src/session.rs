@@ -8,6 +8,8 @@
 //! does not fit). Arithmetic is delegated to [`crate::kernels`]; choosing tokens to
 //! [`crate::sampler`].
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::format::{Activation, HParams};
 use crate::kernels::{self, MatmulScratch};
@@ -647,11 +649,19 @@ fn attend(
     }
 }
 
-/// Layer norm of each `n_embd`-wide row of `x` into `out`.
+/// Layer norm of each `n_embd`-wide row of `x` into `out` (a batch's rows in parallel).
 fn layer_norms(x: &[f32], norm: Norm<'_>, eps: f32, out: &mut [f32]) {
+    const PARALLEL_MIN_ROWS: usize = 8;
     let e = norm.weight.len();
-    for (xs, os) in x.chunks_exact(e).zip(out.chunks_exact_mut(e)) {
+    let row = |(xs, os): (&[f32], &mut [f32])| {
         kernels::layer_norm(xs, norm.weight, norm.bias, eps, os);
+    };
+    if x.len() < PARALLEL_MIN_ROWS * e {
+        x.chunks_exact(e).zip(out.chunks_exact_mut(e)).for_each(row);
+    } else {
+        x.par_chunks_exact(e)
+            .zip(out.par_chunks_exact_mut(e))
+            .for_each(row);
     }
 }
 

@@ -127,9 +127,18 @@ fn matmul_parts(
     let act = &mut scratch.act[..nb * n];
     let quantised = |w: &Matrix<'_>| matches!(w.weights, Weights::Q8(_) | Weights::Q4(_));
     if quantised(tail) || head.is_some_and(quantised) {
-        for (xs, a) in x.chunks_exact(cols).zip(act.chunks_exact_mut(nb)) {
+        let quantize = |(xs, a): (&[f32], &mut [BlockQ8Act])| {
             (ops.quantize_act)(xs, a);
             poison_nan_blocks(xs, a);
+        };
+        if n * cols < PARALLEL_MIN_WEIGHTS {
+            x.chunks_exact(cols)
+                .zip(act.chunks_exact_mut(nb))
+                .for_each(quantize);
+        } else {
+            x.par_chunks_exact(cols)
+                .zip(act.par_chunks_exact_mut(nb))
+                .for_each(quantize);
         }
     }
     let (act, prep) = (&*act, &mut scratch.prep[..prepared_len(n, nb)]);
@@ -158,11 +167,12 @@ fn transpose(y_t: &[f32], rows: usize, n: usize, y: &mut [f32]) {
     const TILE: usize = 16;
     let tokens = |(i, ys): (usize, &mut [f32])| {
         let t0 = i * TILE;
-        let tn = ys.len() / rows;
         for r0 in (0..rows).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for (k, &v) in y_t[r * n + t0..r * n + t0 + tn].iter().enumerate() {
-                    ys[k * rows + r] = v;
+            let r1 = (r0 + TILE).min(rows);
+            // Contiguous stores, strided loads: the store buffer drains a line at a time.
+            for (k, y) in ys.chunks_exact_mut(rows).enumerate() {
+                for (r, v) in (r0..r1).zip(&mut y[r0..r1]) {
+                    *v = y_t[r * n + t0 + k];
                 }
             }
         }

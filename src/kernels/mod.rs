@@ -334,9 +334,18 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// GELU with the exact error function, in place (scalar only: GPT-2 itself uses the tanh form).
 pub use scalar::gelu_erf;
 
-/// GELU, tanh approximation (GPT-2's `gelu_new`), in place, with the fastest implementation.
+/// GELU, tanh approximation (GPT-2's `gelu_new`), in place, with the fastest implementation; a
+/// batch's worth of values on the current rayon pool.
 pub fn gelu_tanh(x: &mut [f32]) {
-    (ops().gelu_tanh)(x);
+    const PARALLEL_MIN: usize = 1 << 15;
+    const CHUNK: usize = 1 << 13;
+    let gelu = ops().gelu_tanh;
+    if x.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        x.par_chunks_mut(CHUNK).for_each(gelu);
+    } else {
+        gelu(x);
+    }
 }
 
 /// Softmax in place, with the fastest implementation.

@@ -200,11 +200,13 @@ unsafe fn tokens<const T: usize>(
     t0: usize,
     out: &mut [f32],
 ) {
-    let len = packed.len();
-    let start = |k: usize| (t0 + k) * span.nb + span.b0;
-    let xs: [&[BlockQ8Act]; T] = std::array::from_fn(|k| &x[start(k)..][..len]);
-    let ts: [&[i32]; T] = std::array::from_fn(|k| &terms[start(k)..][..len]);
-    let acc = chunk::<T>(packed, &xs, &ts);
+    let first = t0 * span.nb + span.b0;
+    let end = (t0 + T - 1) * span.nb + span.b0 + packed.len();
+    assert!(
+        end <= x.len() && end <= terms.len(),
+        "packed512: tokens out of range"
+    );
+    let acc = chunk::<T>(packed, &x[first..end], &terms[first..end], span.nb);
     for (k, a) in acc.iter().enumerate() {
         let mut lanes = [0f32; GROUP_ROWS];
         _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
@@ -215,41 +217,58 @@ unsafe fn tokens<const T: usize>(
     }
 }
 
-/// `acc[t]` lane `r` = `Σ_b d_w · d_x · (exact block dot)` of packed row `r` with token `x[t]`
-/// over the chunk's blocks (`x[t][b]` and `terms[t][b]` meet `packed[b]`).
+/// Runs `$body` with `$t` bound to each constant `0..8` below `$n`: unrolled, so that arrays
+/// indexed by `$t` stay in registers.
+macro_rules! unrolled {
+    ($t:ident < $n:expr, $body:block) => {
+        unrolled!(@each $t < $n, $body, 0, 1, 2, 3, 4, 5, 6, 7)
+    };
+    (@each $t:ident < $n:expr, $body:block, $($i:literal),*) => {
+        $({
+            let $t: usize = $i;
+            if $t < $n $body
+        })*
+    };
+}
+
+/// `acc[t]` lane `r` = `Σ_b d_w · d_x · (exact block dot)` of packed row `r` with token `t`
+/// over the chunk's blocks, where token `t`'s block `b` is `x[t · stride + b]` (its term
+/// `terms[t · stride + b]`).
 ///
 /// # Safety
-/// As [`matmul`] (it is inlined into it); every `x[t]` and `terms[t]` holds at least
-/// `packed.len()` values.
-// Index loops over small const-size arrays: iterator adaptors would add closures that are not
-// compiled for these features.
-#[allow(clippy::needless_range_loop)]
+/// As [`matmul`] (it is inlined into it); `T ≤ 8`, and `x` and `terms` hold at least
+/// `(T − 1) · stride + packed.len()` values.
 #[inline(always)]
 unsafe fn chunk<const T: usize>(
     packed: &[PackedBlock],
-    x: &[&[BlockQ8Act]; T],
-    terms: &[&[i32]; T],
+    x: &[BlockQ8Act],
+    terms: &[i32],
+    stride: usize,
 ) -> [__m512; T] {
     let mut acc = [_mm512_setzero_ps(); T];
     for (b, pb) in packed.iter().enumerate() {
         let mut w = [_mm512_setzero_si512(); 8];
-        for (k, v) in w.iter_mut().enumerate() {
+        unrolled!(k < 8, {
             // Reads exactly the 64 bytes of `pb.q[k]` (aligned: 64-byte rows of an aligned struct).
-            *v = _mm512_load_si512(pb.q[k].as_ptr().cast());
-        }
+            w[k] = _mm512_load_si512(pb.q[k].as_ptr().cast());
+        });
         // Reads exactly the 16 floats of `pb.d` (aligned).
         let d = _mm512_load_ps(pb.d.as_ptr());
-        for t in 0..T {
-            let xb = &x[t][b];
-            let mut sum = _mm512_set1_epi32(terms[t][b]);
-            for (k, wk) in w.iter().enumerate() {
-                let group: [i8; 4] = xb.qs[4 * k..4 * k + 4].try_into().expect("four bytes");
-                let group = i32::from_le_bytes(group.map(|q| q as u8));
-                sum = _mm512_dpbusd_epi32(sum, *wk, _mm512_set1_epi32(group));
-            }
+        unrolled!(t < T, {
+            // In bounds by the caller's contract: `t · stride + b < (T − 1) · stride + len`.
+            let (xb, term) = (
+                x.get_unchecked(t * stride + b),
+                *terms.get_unchecked(t * stride + b),
+            );
+            let mut sum = _mm512_set1_epi32(term);
+            unrolled!(k < 8, {
+                // Reads the 4 bytes `qs[4k..4k + 4]` of the block.
+                let group = xb.qs.as_ptr().add(4 * k).cast::<i32>().read_unaligned();
+                sum = _mm512_dpbusd_epi32(sum, w[k], _mm512_set1_epi32(group));
+            });
             let scale = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[t]);
-        }
+        });
     }
     acc
 }
