@@ -254,20 +254,23 @@ unsafe fn chunk<const T: usize>(
         });
         // Reads exactly the 16 floats of `pb.d` (aligned).
         let d = _mm512_load_ps(pb.d.as_ptr());
+        let mut sums = [_mm512_setzero_si512(); T];
         unrolled!(t < T, {
             // In bounds by the caller's contract: `t · stride + b < (T − 1) · stride + len`.
-            let (xb, term) = (
-                x.get_unchecked(t * stride + b),
-                *terms.get_unchecked(t * stride + b),
-            );
-            let mut sum = _mm512_set1_epi32(term);
-            unrolled!(k < 8, {
-                // Reads the 4 bytes `qs[4k..4k + 4]` of the block.
+            sums[t] = _mm512_set1_epi32(*terms.get_unchecked(t * stride + b));
+        });
+        unrolled!(k < 8, {
+            unrolled!(t < T, {
+                // As above; reads the 4 bytes `qs[4k..4k + 4]` of the block.
+                let xb = x.get_unchecked(t * stride + b);
                 let group = xb.qs.as_ptr().add(4 * k).cast::<i32>().read_unaligned();
-                sum = _mm512_dpbusd_epi32(sum, w[k], _mm512_set1_epi32(group));
+                sums[t] = _mm512_dpbusd_epi32(sums[t], w[k], _mm512_set1_epi32(group));
             });
+        });
+        unrolled!(t < T, {
+            let xb = x.get_unchecked(t * stride + b);
             let scale = _mm512_mul_ps(d, _mm512_set1_ps(xb.d));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t]);
         });
     }
     acc
