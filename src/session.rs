@@ -123,12 +123,12 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// Default sizing for `ctx` positions: batches of up to 64 tokens, last logits only, and
+    /// Default sizing for `ctx` positions: batches of up to 128 tokens, last logits only, and
     /// the default KV element type ([`KvType::default`], f16).
     pub fn new(ctx: usize) -> Self {
         SessionConfig {
             ctx,
-            batch: ctx.clamp(1, 64),
+            batch: ctx.clamp(1, 128),
             all_logits: false,
             kv: KvType::default(),
         }
@@ -412,7 +412,7 @@ impl<'m> Session<'m> {
     }
 
     /// A session for scoring text: room for `window` positions, every position's logits kept, in
-    /// batches of up to 64 tokens, default KV type.
+    /// batches of up to 128 tokens, default KV type.
     pub fn for_scoring(model: &'m Model<'m>, window: usize) -> Result<Self> {
         let config = SessionConfig {
             all_logits: true,
