@@ -121,7 +121,7 @@ impl HParams {
                 )));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::format(format!(
                 "n_embd {} is not a multiple of n_head {}",
                 self.n_embd, self.n_head
@@ -360,7 +360,7 @@ impl Preamble {
                 pre.file_len
             )));
         }
-        if pre.data_offset % ALIGN != 0 || pre.data_offset > pre.file_len {
+        if !pre.data_offset.is_multiple_of(ALIGN) || pre.data_offset > pre.file_len {
             return Err(Error::format(format!(
                 "bad tensor data offset {}",
                 pre.data_offset
@@ -487,7 +487,7 @@ fn validate_entry(t: &TensorEntry, data_offset: u64, file_len: u64) -> Result<()
             t.dtype.name()
         )));
     }
-    if t.offset % ALIGN != 0 || t.offset < data_offset {
+    if !t.offset.is_multiple_of(ALIGN) || t.offset < data_offset {
         return Err(Error::format(format!(
             "tensor {}: offset {} is not a {ALIGN}-byte aligned position in the data section",
             t.name, t.offset

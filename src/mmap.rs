@@ -179,7 +179,9 @@ fn open_regular(path: &Path) -> Result<(File, u64)> {
 /// this module instantiates it with).
 unsafe fn cast_slice<T>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0 || bytes.len() % size != 0 {
+    if bytes.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
+        || !bytes.len().is_multiple_of(size)
+    {
         return None;
     }
     // SAFETY: alignment and length were checked above; validity is the caller's contract; the

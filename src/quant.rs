@@ -67,8 +67,12 @@ impl DType {
         match self {
             DType::F32 => n.checked_mul(4),
             DType::F16 => n.checked_mul(2),
-            DType::Q8 if n % qk == 0 => (n / qk).checked_mul(std::mem::size_of::<BlockQ8>() as u64),
-            DType::Q4 if n % qk == 0 => (n / qk).checked_mul(std::mem::size_of::<BlockQ4>() as u64),
+            DType::Q8 if n.is_multiple_of(qk) => {
+                (n / qk).checked_mul(std::mem::size_of::<BlockQ8>() as u64)
+            }
+            DType::Q4 if n.is_multiple_of(qk) => {
+                (n / qk).checked_mul(std::mem::size_of::<BlockQ4>() as u64)
+            }
             DType::Q8 | DType::Q4 => None,
         }
     }

@@ -42,8 +42,8 @@ impl<'a> Matrix<'a> {
         let ok = match weights {
             Weights::F32(w) => w.len() == n,
             Weights::F16(w) => w.len() == n,
-            Weights::Q8(w) => cols % QK == 0 && w.len() * QK == n,
-            Weights::Q4(w) => cols % QK == 0 && w.len() * QK == n,
+            Weights::Q8(w) => cols.is_multiple_of(QK) && w.len() * QK == n,
+            Weights::Q4(w) => cols.is_multiple_of(QK) && w.len() * QK == n,
         };
         ok.then_some(Matrix {
             rows,

@@ -217,7 +217,7 @@ pub type LayerNormFn = fn(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out
 pub fn tile_shape(w_blocks: usize, x_blocks: usize, nb: usize, out_len: usize) -> (usize, usize) {
     assert!(nb > 0, "matmul: zero-width rows");
     assert!(
-        w_blocks % nb == 0 && x_blocks % nb == 0,
+        w_blocks.is_multiple_of(nb) && x_blocks.is_multiple_of(nb),
         "matmul: blocks not a multiple of the row width"
     );
     let (rows, n) = (w_blocks / nb, x_blocks / nb);

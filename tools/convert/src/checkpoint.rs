@@ -132,7 +132,7 @@ impl HfConfig {
                 )));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::format(format!(
                 "{p}: n_embd {} is not divisible by n_head {}",
                 self.n_embd, self.n_head

@@ -265,7 +265,7 @@ fn matrix(
     transpose: bool,
 ) -> Planned {
     let mut dtype = quant(name);
-    if matches!(dtype, DType::Q8 | DType::Q4) && cols % QK != 0 {
+    if matches!(dtype, DType::Q8 | DType::Q4) && !cols.is_multiple_of(QK) {
         dtype = DType::F16;
     }
     Planned {

@@ -32,7 +32,10 @@ pub fn encode_rows(
     let row_bytes = dtype
         .row_bytes(cols as u64)
         .expect("the plan only holds storable shapes") as usize;
-    assert!(cols > 0 && values.len() % cols == 0, "encode_rows: shape");
+    assert!(
+        cols > 0 && values.len().is_multiple_of(cols),
+        "encode_rows: shape"
+    );
     assert_eq!(
         out.len(),
         values.len() / cols * row_bytes,
