@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{lanes_i32, prepare_nothing, prepared_len, KernelPath, Ops, PrepLane};
+use super::{lanes_i32, prepare_nothing, prepared_len, KernelPath, Ops, OutLayout, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 
 /// The AVX2 table.
@@ -35,6 +35,7 @@ use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 pub(super) unsafe fn ops() -> Ops {
     Ops {
         path: KernelPath::Avx2,
+        out_layout: OutLayout::RowMajor,
         quantize_act,
         prepare_q8: prepare_nothing,
         prepare_q4,
