@@ -1,6 +1,7 @@
 //! Matrix products over the dispatch table: activation quantisation and preparation once per
 //! product, row tiles in parallel (rayon), a batch's rows kept in cache while every token passes,
-//! and the transposes between the kernels' `(rows, tokens)` tiles and the callers' `(tokens, rows)`.
+//! and the moves from the kernels' outputs (`(rows, tokens)`, or `(tokens, rows)` per task) to the
+//! callers' `(tokens, rows)`.
 
 use rayon::prelude::*;
 

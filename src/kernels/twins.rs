@@ -14,7 +14,7 @@ use crate::rng::Rng;
 // Integer matrix products.
 
 /// `ops`' q8 product of `w` and `x`, prepared as the matrix code prepares it, into `out` as
-/// `out[r · n + t]` whatever the table's row groups.
+/// `out[r · n + t]` whatever the table's layout.
 fn matmul_q8(ops: &Ops, w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
     let (_, n) = tile_shape(w.len(), x.len(), nb, out.len());
     let mut prep = vec![PrepLane::default(); prepared_len(n, nb)];

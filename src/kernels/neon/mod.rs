@@ -338,9 +338,8 @@ unsafe fn horizontal_sums4(s: [int32x4_t; 4]) -> int32x4_t {
 // rows at a time against a prepared activation (`decode`).
 // ---------------------------------------------------------------------------------------------
 
-/// Every row × token of `w` and `x` into `out` (`(rows, n)` in groups of four rows), with the
-/// packed batch kernel `batch` for four tokens or more, else the decode kernel against the tokens
-/// prepared in `prep`.
+/// Every row × token of `w` and `x` into `out` (`(n, rows)`), with the packed batch kernel
+/// `batch` for four tokens or more, else the decode kernel against the tokens prepared in `prep`.
 ///
 /// # Safety
 /// The CPU must have the features `batch` and `D` use; `w.len() == rows · nb`,

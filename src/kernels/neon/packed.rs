@@ -10,23 +10,26 @@
 //! kernels once packed; integer block sums are exact, only the float summation order differs
 //! from the scalar twins.
 //!
-//! * With `dotprod` ([`matmul_sdot`]), a tile is four rows × eight tokens, written in `asm!` so
-//!   that its 31 vector registers are named: the packed block (eight vectors and the scales)
-//!   stays in registers while eight tokens pass, each token's sums in its own accumulator. The
-//!   tokens come from a batch laid out once per product by [`prepare`] in panels of eight: per
-//!   block the eight scales (two vectors), then the eight tokens' values back to back, so that
-//!   one `ld1` of four vectors brings two tokens' blocks. A block of the tile then costs 64
-//!   `sdot` and 42 other instructions (loads, a zeroed accumulator, a conversion, a scale
-//!   product and an FMA per token, the loop's count), against 32 and 29 for four tokens read
-//!   from the activation as it is.
+//! * With `dotprod` ([`matmul_sdot`]), a tile is four rows × twelve tokens, written in `asm!`
+//!   so that all 32 vector registers are named: the packed block (eight vectors and the scales)
+//!   stays in registers while twelve tokens pass, two at a time, each token's float sums in its
+//!   own accumulator. The tokens come from a batch laid out once per product by [`prepare`] in
+//!   panels of twelve: per block the twelve scales (three vectors), then the tokens' values back
+//!   to back, so that one `ld1` of four vectors brings two tokens' blocks. A block of the tile
+//!   costs 96 `sdot` and 59 other instructions: three loads of the packed block, seven of the
+//!   panel, per token a zeroed integer accumulator, its conversion, the scale product and the
+//!   FMA, and half a loop count (two blocks per iteration); with four tokens read from the
+//!   activation as it is, it was 32 `sdot` and 29 others. One `asm!` loop runs every full panel
+//!   of a chunk and stores each token's four rows straight into the output; a last panel of
+//!   four, eight or twelve tokens (zeros past the batch) takes its own tile.
 //! * Without it ([`matmul_mull`]), each group of four activation bytes is broadcast and
 //!   multiplied with `smull`/`smlal`, two products per i16 lane (exact: activations stay within
 //!   `−127..=127`), then pairwise-added into i32 (`sadalp`), four tokens per pass.
 //!
-//! Both write their output in groups of four rows (the NEON tables' [`Ops::row_group`]): a
-//! token's four rows of a group are one vector store.
+//! Both write their output token-major, `(n, rows)` (the NEON tables' [`OutLayout::TokenMajor`]):
+//! a token's four rows of a group are one vector store, and the callers need no transpose.
 //!
-//! [`Ops::row_group`]: crate::kernels::Ops::row_group
+//! [`OutLayout::TokenMajor`]: crate::kernels::OutLayout::TokenMajor
 
 use std::arch::aarch64::*;
 use std::arch::asm;
