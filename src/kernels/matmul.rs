@@ -1,12 +1,13 @@
 //! Matrix products over the dispatch table: activation quantisation and preparation once per
 //! product, row tiles in parallel (rayon), a batch's rows kept in cache while every token passes,
-//! and the transposes between the kernels' `(rows, tokens)` tiles and the callers' `(tokens, rows)`.
+//! and the moves from the kernels' outputs (`(rows, tokens)`, or `(tokens, rows)` per task) to the
+//! callers' `(tokens, rows)`.
 
 use rayon::prelude::*;
 
 use std::mem::{size_of, size_of_val};
 
-use super::{add_assign, ops, prepared_len, MatmulFn, Ops, PrepLane};
+use super::{add_assign, ops, prepared_len, MatmulFn, Ops, OutLayout, PrepLane};
 use crate::quant::{BlockQ8Act, QK};
 use crate::tensor::{Matrix, SplitMatrix, Weights};
 
@@ -142,10 +143,13 @@ fn matmul_parts(
         }
     }
     let (act, prep) = (&*act, &mut scratch.prep[..prepared_len(n, nb)]);
-    // Row tiles in parallel, every token against a tile while it is in cache. A batch's output
-    // is produced transposed, `(rows, n)`, so each task (and each part) writes one contiguous
-    // slice.
-    let out = if n == 1 {
+    // Row tiles in parallel, every token against a tile while it is in cache. Each task (and
+    // each part) writes one contiguous slice of the output: `(rows, n)` or, for a table whose
+    // kernels lay out a call's output token-major, `(n, task rows)` per task. One token's output
+    // is `y` itself in both layouts, and so is a token-major product made by one task.
+    let token_major = ops.out_layout == OutLayout::TokenMajor;
+    let direct = n == 1 || (token_major && head.is_none() && task_rows(tail, n) >= tail.rows);
+    let out = if direct {
         &mut *y
     } else {
         &mut scratch.out_t[..n * rows]
@@ -155,8 +159,43 @@ fn matmul_parts(
         matmul_part(ops, h, x, (act, &mut *prep), n, out_head);
     }
     matmul_part(ops, tail, x, (act, prep), n, out_tail);
-    if n > 1 {
-        transpose(&scratch.out_t[..n * rows], rows, n, y);
+    if !direct {
+        let out_t = &scratch.out_t[..n * rows];
+        if token_major {
+            let parts = [head, Some(tail)].map(|p| p.map_or((0, 1), |m| (m.rows, task_rows(m, n))));
+            gather_tasks(out_t, parts, n, y);
+        } else {
+            transpose(out_t, rows, n, y);
+        }
+    }
+}
+
+/// `y` `(n, rows)` from the parts' outputs one after the other, each made of tasks of
+/// `(part rows, rows per task)` whose outputs are `(n, task rows)`: per token, each task's run
+/// of outputs is copied into place, 16 tokens per parallel task.
+fn gather_tasks(y_t: &[f32], parts: [(usize, usize); 2], n: usize, y: &mut [f32]) {
+    const TOKENS: usize = 16;
+    let rows = parts[0].0 + parts[1].0;
+    let tokens = |(i, ys): (usize, &mut [f32])| {
+        let t0 = i * TOKENS;
+        let (mut src, mut col) = (y_t, 0);
+        for (part_rows, task) in parts {
+            let (part, rest) = src.split_at(part_rows * n);
+            for (j, out) in part.chunks(task * n).enumerate() {
+                let len = out.len() / n;
+                let c = col + j * task;
+                let runs = out[t0 * len..].chunks_exact(len);
+                for (run, dst) in runs.zip(ys.chunks_exact_mut(rows)) {
+                    dst[c..c + len].copy_from_slice(run);
+                }
+            }
+            (src, col) = (rest, col + part_rows);
+        }
+    };
+    if rows * n < PARALLEL_MIN_WEIGHTS {
+        y.chunks_mut(TOKENS * rows).enumerate().for_each(tokens);
+    } else {
+        y.par_chunks_mut(TOKENS * rows).enumerate().for_each(tokens);
     }
 }
 
@@ -202,13 +241,16 @@ fn matmul_part(
         Weights::F32(_) | Weights::F16(_) => {}
     }
     let prep = &*prep;
+    // A token-major kernel gets the whole task (its output must be one `(n, task rows)` block);
+    // the NEON kernels keep their packed rows in L1 themselves.
+    let tile_rows = ops.out_layout == OutLayout::RowMajor;
     rows_parallel(w, n, out, |part, ys| match part.weights {
-        Weights::Q8(wb) => tiled(ops.matmul_q8, wb, (act, prep), nb, n, ys),
-        Weights::Q4(wb) => tiled(ops.matmul_q4, wb, (act, prep), nb, n, ys),
+        Weights::Q8(wb) => tiled(ops.matmul_q8, wb, (act, prep), (nb, tile_rows), n, ys),
+        Weights::Q4(wb) => tiled(ops.matmul_q4, wb, (act, prep), (nb, tile_rows), n, ys),
         Weights::F32(_) | Weights::F16(_) => {
             for r in 0..part.rows {
                 for (t, xs) in x.chunks_exact(w.cols).enumerate() {
-                    ys[r * n + t] = dot_row(ops, part, r, xs);
+                    ys[ops.out_layout.index(r, t, part.rows, n)] = dot_row(ops, part, r, xs);
                 }
             }
         }
@@ -236,13 +278,13 @@ const GROUP_ROWS: usize = 16;
 const TILE_WEIGHT_BYTES: usize = 96 << 10;
 
 /// Runs a `matmul_q8`/`matmul_q4` kernel over `w` (rows of `nb` blocks) and `n` tokens of `act`
-/// (prepared as `prep`) into `ys` (`(rows, n)`), a few rows at a time so a batch reuses them from
-/// cache.
+/// (prepared as `prep`) into `ys`, with `tile_rows` a few rows at a time so a batch reuses them
+/// from cache (then `ys` is `(rows, n)`), else in one call.
 fn tiled<W>(
     kernel: MatmulFn<W>,
     w: &[W],
     (act, prep): (&[BlockQ8Act], &[PrepLane]),
-    nb: usize,
+    (nb, tile_rows): (usize, bool),
     n: usize,
     ys: &mut [f32],
 ) {
@@ -250,7 +292,7 @@ fn tiled<W>(
         ys.fill(0.0);
         return;
     }
-    let rows = if n == 1 {
+    let rows = if n == 1 || !tile_rows {
         w.len() / nb
     } else {
         (TILE_WEIGHT_BYTES / (nb * std::mem::size_of::<W>())).max(GROUP_ROWS) / GROUP_ROWS
@@ -261,25 +303,34 @@ fn tiled<W>(
     }
 }
 
-/// Runs `f(tile, outputs)` over row tiles of `w` (outputs `(tile.rows, n)`), in parallel when
-/// worth it.
+/// Rows per parallel task of a product of `w` with `n` tokens: `w.rows` (or more) when it runs as
+/// one task.
+fn task_rows(w: &Matrix<'_>, n: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || w.rows * w.cols * n < PARALLEL_MIN_WEIGHTS {
+        return w.rows.max(1);
+    }
+    // A batch works in larger tasks: each one converts its activations' per-block terms and
+    // packs its weights once. Multiples of `GROUP_ROWS` keep the SIMD kernels' row groups whole.
+    let tasks_per_thread = if n == 1 { 16 } else { 4 };
+    ROWS_PER_TASK
+        .max(w.rows / (threads * tasks_per_thread))
+        .next_multiple_of(GROUP_ROWS)
+}
+
+/// Runs `f(tile, outputs)` over tasks of [`task_rows`] rows of `w` (outputs `tile.rows · n`
+/// values, one contiguous slice each), in parallel when there are several.
 fn rows_parallel(
     w: &Matrix<'_>,
     n: usize,
     y_t: &mut [f32],
     f: impl Fn(&Matrix<'_>, &mut [f32]) + Sync,
 ) {
-    let threads = rayon::current_num_threads();
-    if threads == 1 || w.rows * w.cols * n < PARALLEL_MIN_WEIGHTS {
+    let rows_per_task = task_rows(w, n);
+    if rows_per_task >= w.rows {
         f(w, y_t);
         return;
     }
-    // A batch works in larger tasks: each one converts its activations' per-block terms and
-    // packs its weights once. Multiples of `GROUP_ROWS` keep the SIMD kernels' row groups whole.
-    let tasks_per_thread = if n == 1 { 16 } else { 4 };
-    let rows_per_task = ROWS_PER_TASK
-        .max(w.rows / (threads * tasks_per_thread))
-        .next_multiple_of(GROUP_ROWS);
     y_t.par_chunks_mut(rows_per_task * n)
         .enumerate()
         .for_each(|(i, ys)| {

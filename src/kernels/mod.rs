@@ -71,6 +71,8 @@ impl KernelPath {
 pub struct Ops {
     /// The implementation these belong to.
     pub path: KernelPath,
+    /// How [`Ops::matmul_q8`] and [`Ops::matmul_q4`] lay out their output.
+    pub out_layout: OutLayout,
     /// Quantises `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks): per block
     /// `d = max|x| / 127`, `q = round_ties_even(x · (1/d))` (all zero when `d == 0`).
     pub quantize_act: fn(x: &[f32], out: &mut [BlockQ8Act]),
@@ -85,10 +87,10 @@ pub struct Ops {
     /// `Σ a[i] · b[i]`.
     pub dot_f32: fn(a: &[f32], b: &[f32]) -> f32,
     /// Many rows against many tokens: with `w` holding `rows` rows and `x` holding `n` tokens
-    /// of `nb` blocks each, `out[r · n + t]` = `Σ_blocks d_w · d_x · Σ_i q_w[i] · q_x[i]` of
-    /// row `r` and token `t` (exact integer block sums; only the float summation order differs
-    /// between tables). SIMD tables
-    /// compute several rows × tokens per pass so each loaded block serves several products.
+    /// of `nb` blocks each, the output of row `r` and token `t` (where [`Ops::out_layout`] puts
+    /// it) = `Σ_blocks d_w · d_x · Σ_i q_w[i] · q_x[i]` (exact integer block sums; only the
+    /// float summation order differs between tables). SIMD tables compute several rows × tokens
+    /// per pass so each loaded block serves several products.
     /// Weights and activations must lie in `−127..=127`, as the file format and
     /// [`Ops::quantize_act`] define them (the AVX2 kernels move signs between the two, the NEON
     /// kernels sum two int8 products in an i16 lane).
@@ -211,6 +213,27 @@ pub(crate) fn lanes_i32_mut(l: &mut [PrepLane]) -> &mut [i32] {
 
 /// Signature of [`Ops::layer_norm`]: `(x, weight, bias, eps, out)`.
 pub type LayerNormFn = fn(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]);
+
+/// How a table's [`Ops::matmul_q8`] / [`Ops::matmul_q4`] lay out the `rows × n` products of a
+/// call. For one token both are `out[r]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutLayout {
+    /// `(rows, n)`: row `r` of token `t` at `out[r · n + t]`.
+    RowMajor,
+    /// `(n, rows)`: row `r` of token `t` at `out[t · rows + r]`, a token's outputs together as
+    /// the callers want them (kernels whose accumulators hold several rows of one token).
+    TokenMajor,
+}
+
+impl OutLayout {
+    /// Where row `r` of token `t` of a `rows × n` product lies.
+    pub fn index(self, r: usize, t: usize, rows: usize, n: usize) -> usize {
+        match self {
+            OutLayout::RowMajor => r * n + t,
+            OutLayout::TokenMajor => t * rows + r,
+        }
+    }
+}
 
 /// Checks the shapes of a [`Ops::matmul_q8`] / [`Ops::matmul_q4`] call and returns
 /// `(rows, tokens)`. Panics on a mismatch (a bug in the caller, never user input).

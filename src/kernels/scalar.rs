@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use super::{prepare_nothing, KernelPath, Ops, PrepLane};
+use super::{prepare_nothing, KernelPath, Ops, OutLayout, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 use crate::tensor::{Matrix, Weights};
 
@@ -11,6 +11,7 @@ use crate::tensor::{Matrix, Weights};
 pub fn ops() -> Ops {
     Ops {
         path: KernelPath::Scalar,
+        out_layout: OutLayout::RowMajor,
         quantize_act,
         prepare_q8: prepare_nothing,
         prepare_q4: prepare_nothing,

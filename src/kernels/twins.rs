@@ -13,20 +13,34 @@ use crate::rng::Rng;
 // ---------------------------------------------------------------------------------------------
 // Integer matrix products.
 
-/// `ops`' q8 product of `w` and `x`, prepared as the matrix code prepares it.
+/// `ops`' q8 product of `w` and `x`, prepared as the matrix code prepares it, into `out` as
+/// `out[r · n + t]` whatever the table's layout.
 fn matmul_q8(ops: &Ops, w: &[BlockQ8], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
     let (_, n) = tile_shape(w.len(), x.len(), nb, out.len());
     let mut prep = vec![PrepLane::default(); prepared_len(n, nb)];
     (ops.prepare_q8)(x, nb, &mut prep);
     (ops.matmul_q8)(w, x, &prep, nb, out);
+    to_row_major(ops, n, out);
 }
 
-/// `ops`' q4 product of `w` and `x`, prepared as the matrix code prepares it.
+/// `ops`' q4 product of `w` and `x`, as [`matmul_q8`].
 fn matmul_q4(ops: &Ops, w: &[BlockQ4], x: &[BlockQ8Act], nb: usize, out: &mut [f32]) {
     let (_, n) = tile_shape(w.len(), x.len(), nb, out.len());
     let mut prep = vec![PrepLane::default(); prepared_len(n, nb)];
     (ops.prepare_q4)(x, nb, &mut prep);
     (ops.matmul_q4)(w, x, &prep, nb, out);
+    to_row_major(ops, n, out);
+}
+
+/// Rewrites a product laid out as `ops` lays it out ([`Ops::out_layout`]) as `out[r · n + t]`.
+fn to_row_major(ops: &Ops, n: usize, out: &mut [f32]) {
+    let rows = out.len() / n;
+    let laid_out = out.to_vec();
+    for r in 0..rows {
+        for t in 0..n {
+            out[r * n + t] = laid_out[ops.out_layout.index(r, t, rows, n)];
+        }
+    }
 }
 
 /// How the blocks of a test are made.
@@ -128,11 +142,12 @@ fn abs_terms(dw: &[f32], wq: &[Vec<i32>], x: &[BlockQ8Act]) -> f64 {
 }
 
 /// (rows, tokens, blocks per row): tile remainders in every dimension, gpt2-xl widths (50 and
-/// 200 blocks), batches of eight rows or more (packed kernels) with leftover rows, leftover
-/// tokens and widths around the packing chunk of 32 blocks; single tokens (decode) with 0..=3
+/// 200 blocks), batches of four tokens or more (packed kernels, tiles of four and eight tokens)
+/// with leftover rows, every token count from 1 to 9, 13 and 67 (leftover tokens after full
+/// tiles), widths around the packing chunk of 64 blocks; single tokens (decode) with 0..=3
 /// blocks beyond a multiple of four; two or three tokens with rows not a multiple of eight; a
 /// row of 257 blocks.
-const SHAPES: [(usize, usize, usize); 23] = [
+const SHAPES: [(usize, usize, usize); 27] = [
     (1, 1, 1),
     (3, 5, 3),
     (2, 4, 4),
@@ -156,6 +171,10 @@ const SHAPES: [(usize, usize, usize); 23] = [
     (32, 15, 40),
     (48, 8, 50),
     (33, 11, 9),
+    (6, 67, 65),
+    (5, 16, 129),
+    (4, 12, 1),
+    (11, 67, 3),
 ];
 
 /// `ops`' product (`fast`) against the scalar one on every shape and fill, within

@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{lanes_i32, prepare_nothing, prepared_len, KernelPath, Ops, PrepLane};
+use super::{lanes_i32, prepare_nothing, prepared_len, KernelPath, Ops, OutLayout, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 
 /// The AVX2 table.
@@ -36,6 +36,7 @@ use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 pub(super) unsafe fn ops() -> Ops {
     Ops {
         path: KernelPath::Avx2,
+        out_layout: OutLayout::RowMajor,
         quantize_act,
         prepare_q8: prepare_nothing,
         prepare_q4,
@@ -59,6 +60,7 @@ pub(super) unsafe fn ops() -> Ops {
 pub(super) unsafe fn vnni_ops() -> Ops {
     Ops {
         path: KernelPath::Avx512Vnni,
+        out_layout: OutLayout::TokenMajor,
         prepare_q8: prepare_q8_vnni,
         prepare_q4: prepare_q4_vnni,
         matmul_q8: matmul_q8_vnni,
@@ -724,8 +726,8 @@ unsafe fn tile<F: TileFormat, const R: usize, const T: usize>(
     out
 }
 
-/// Rows of the product for the `T` tokens starting at `t0`: `R` rows at a time, then the
-/// remaining rows one by one. `out` is `(rows, n)`.
+/// Rows `r0..rows` of the product for the `T` tokens starting at `t0`: `R` rows at a time, then
+/// the remaining rows one by one, into `out` as `at` says.
 ///
 /// # Safety
 /// As [`matmul_tiles`], and `t0 + T <= n`.
@@ -734,23 +736,32 @@ unsafe fn token_group<F: TileFormat, const R: usize, const T: usize>(
     w: &[F::W],
     x: &[BlockQ8Act],
     nb: usize,
-    (rows, n, t0): (usize, usize, usize),
+    ((r0, rows), t0, at): ((usize, usize), usize, OutAt),
     out: &mut [f32],
 ) {
     let row = |r: usize| &w[r * nb..(r + 1) * nb];
     let xs: [&[BlockQ8Act]; T] = std::array::from_fn(|k| &x[(t0 + k) * nb..(t0 + k + 1) * nb]);
-    let mut r0 = 0;
-    while r0 + R <= rows {
-        let ws: [&[F::W]; R] = std::array::from_fn(|k| row(r0 + k));
+    let mut put = |r: usize, y: &[f32; T]| {
+        if at.layout == OutLayout::RowMajor {
+            out[at.index(r, t0)..][..T].copy_from_slice(y);
+        } else {
+            for (k, &v) in y.iter().enumerate() {
+                out[at.index(r, t0 + k)] = v;
+            }
+        }
+    };
+    let mut r = r0;
+    while r + R <= rows {
+        let ws: [&[F::W]; R] = std::array::from_fn(|k| row(r + k));
         let y = tile::<F, R, T>(ws, xs, nb);
         for (k, yr) in y.iter().enumerate() {
-            out[(r0 + k) * n + t0..][..T].copy_from_slice(yr);
+            put(r + k, yr);
         }
-        r0 += R;
+        r += R;
     }
-    for r in r0..rows {
+    for r in r..rows {
         let [y] = tile::<F, 1, T>([row(r)], xs, nb);
-        out[r * n + t0..][..T].copy_from_slice(&y);
+        put(r, &y);
     }
 }
 
@@ -788,12 +799,14 @@ unsafe fn matmul_tiles<F: TileFormat>(
         packed::matmul::<F::Packed>(w, x, terms, nb, groups, n, out);
         r0 = groups * packed::GROUP_ROWS;
     }
-    row_major_tiles::<F>(&w[r0 * nb..], x, nb, rows - r0, n, &mut out[r0 * n..]);
+    let at = OutAt::new(OutLayout::RowMajor, rows, n);
+    row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
 }
 
-/// [`matmul_tiles`] with batches of [`packed::MIN_TOKENS`] or more on [`packed512`], sixteen
-/// rows at a time; the rows left over go through the row-major tiles (the prepared terms are
-/// [`packed512`]'s, not [`packed`]'s).
+/// Every row × token of the product, written token-major (`out` is `(n, rows)`): one token
+/// through the one-row kernel as in [`matmul_tiles`]; batches of [`packed::MIN_TOKENS`] or more
+/// on [`packed512`], sixteen rows at a time; the rows left over, and smaller batches, through the
+/// row-major tiles (the prepared terms are [`packed512`]'s, which [`packed`] cannot read).
 ///
 /// # Safety
 /// As [`matmul_tiles`], with `prep` from [`prepare_q8_vnni`] / [`prepare_q4_vnni`]; AVX-512 F,
@@ -810,17 +823,42 @@ unsafe fn matmul_tiles_vnni<F: TileFormat>(
 ) where
     F::W: packed512::Weights,
 {
-    if n < packed::MIN_TOKENS {
-        matmul_tiles::<F>(w, x, prep, nb, rows, n, out);
+    if n == 1 {
+        F::decode(w, x, prep, nb, out);
         return;
     }
-    let groups = rows / packed512::GROUP_ROWS;
-    packed512::matmul(w, x, &lanes_i32(prep)[..n * nb], nb, groups, n, out);
-    let r0 = groups * packed512::GROUP_ROWS;
-    row_major_tiles::<F>(&w[r0 * nb..], x, nb, rows - r0, n, &mut out[r0 * n..]);
+    let mut r0 = 0;
+    if n >= packed::MIN_TOKENS {
+        let groups = rows / packed512::GROUP_ROWS;
+        packed512::matmul(w, x, &lanes_i32(prep)[..n * nb], nb, groups, n, out);
+        r0 = groups * packed512::GROUP_ROWS;
+    }
+    let at = OutAt::new(OutLayout::TokenMajor, rows, n);
+    row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
 }
 
-/// The row-major tiles of [`matmul_tiles`] over all `rows` of `w`.
+/// Where the row-major tiles put row `r` of token `t` in a call's output of `rows` rows and `n`
+/// tokens.
+#[derive(Clone, Copy)]
+struct OutAt {
+    layout: OutLayout,
+    rows: usize,
+    n: usize,
+}
+
+impl OutAt {
+    fn new(layout: OutLayout, rows: usize, n: usize) -> Self {
+        OutAt { layout, rows, n }
+    }
+
+    #[inline(always)]
+    fn index(self, r: usize, t: usize) -> usize {
+        self.layout.index(r, t, self.rows, self.n)
+    }
+}
+
+/// The row-major tiles of [`matmul_tiles`] over rows `r0..rows` of `w`, into `out` as `at`
+/// says.
 ///
 /// # Safety
 /// As [`matmul_tiles`].
@@ -829,16 +867,17 @@ unsafe fn row_major_tiles<F: TileFormat>(
     w: &[F::W],
     x: &[BlockQ8Act],
     nb: usize,
-    rows: usize,
+    rows: (usize, usize),
     n: usize,
+    at: OutAt,
     out: &mut [f32],
 ) {
     let mut t0 = 0;
     while t0 + 4 <= n {
-        token_group::<F, 2, 4>(w, x, nb, (rows, n, t0), out);
+        token_group::<F, 2, 4>(w, x, nb, (rows, t0, at), out);
         t0 += 4;
     }
-    let shape = (rows, n, t0);
+    let shape = (rows, t0, at);
     match n - t0 {
         3 => token_group::<F, 2, 3>(w, x, nb, shape, out),
         2 => token_group::<F, 4, 2>(w, x, nb, shape, out),

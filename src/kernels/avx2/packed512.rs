@@ -96,14 +96,14 @@ pub(super) unsafe fn neg_act_terms(x: &[BlockQ8Act], c: i32, prep: &mut [PrepLan
     }
 }
 
-/// `out[r · n + t]` for the first `groups · 16` rows of `w` and all `n` tokens of `x` (rows and
-/// tokens of `nb` blocks; `out` is `(rows, n)`), with `terms` from [`neg_act_terms`] for
-/// `W::OFFSET`.
+/// `out[t · rows + r]` for the first `groups · 16` rows of `w` and all `n` tokens of `x` (rows
+/// and tokens of `nb` blocks; `out` is `(n, rows)`, `rows = out.len() / n`), with `terms` from
+/// [`neg_act_terms`] for `W::OFFSET`.
 ///
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F, BW and VNNI must be available; `w` holds at least
-/// `groups · 16 · nb` blocks, `x` and `terms` hold `n · nb` and `out` at least `groups · 16 · n`
-/// values.
+/// `groups · 16 · nb` blocks, `x` and `terms` hold `n · nb`, and `out` holds `n` rows of at least
+/// `groups · 16` values.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn matmul<W: Weights>(
     w: &[W],
@@ -114,6 +114,7 @@ pub(super) unsafe fn matmul<W: Weights>(
     n: usize,
     out: &mut [f32],
 ) {
+    let rows = out.len().checked_div(n).unwrap_or(0);
     let mut packed = [EMPTY; CHUNK_BLOCKS];
     for g in 0..groups {
         let r0 = g * GROUP_ROWS;
@@ -122,7 +123,7 @@ pub(super) unsafe fn matmul<W: Weights>(
             pack(w, nb, r0, b0, chunk);
             let span = Span {
                 r0,
-                n,
+                rows,
                 nb,
                 b0,
                 first: b0 == 0,
@@ -146,11 +147,12 @@ pub(super) unsafe fn matmul<W: Weights>(
     }
 }
 
-/// Where a chunk's results go: rows from `r0`, `n` tokens of `nb` blocks, the chunk's first
-/// block `b0`, and whether it is the first chunk of its rows (written, not added).
+/// Where a chunk's results go: rows from `r0` in an output of `rows` per token, tokens of `nb`
+/// blocks, the chunk's first block `b0`, and whether it is the first chunk of its rows (written,
+/// not added).
 struct Span {
     r0: usize,
-    n: usize,
+    rows: usize,
     nb: usize,
     b0: usize,
     first: bool,
@@ -208,12 +210,14 @@ unsafe fn tokens<const T: usize>(
     );
     let acc = chunk::<T>(packed, &x[first..end], &terms[first..end], span.nb);
     for (k, a) in acc.iter().enumerate() {
-        let mut lanes = [0f32; GROUP_ROWS];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
-        for (r, v) in lanes.iter().enumerate() {
-            let y = &mut out[(span.r0 + r) * span.n + t0 + k];
-            *y = if span.first { *v } else { *y + v };
-        }
+        let y = out[(t0 + k) * span.rows + span.r0..][..GROUP_ROWS].as_mut_ptr();
+        // Reads and writes exactly the 16 floats of the slice `y` points into.
+        let sum = if span.first {
+            *a
+        } else {
+            _mm512_add_ps(_mm512_loadu_ps(y), *a)
+        };
+        _mm512_storeu_ps(y, sum);
     }
 }
 

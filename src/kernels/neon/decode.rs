@@ -389,7 +389,7 @@ unsafe fn rows<K: RowDot, const G: usize>(
     pass.acc
 }
 
-/// `out[r · n + t]` = the dot of row `r` with token `t`, for few tokens (each one a pass over
+/// `out[t · rows + r]` = the dot of row `r` with token `t`, for few tokens (each one a pass over
 /// the rows, eight at a time), against the tokens [`prepare`] laid out in `prep`.
 ///
 /// # Safety
@@ -417,7 +417,7 @@ pub(super) unsafe fn matvec<K: RowDot>(
             vst1q_f32(lanes.as_mut_ptr(), dots[0]);
             vst1q_f32(lanes.as_mut_ptr().add(4), dots[1]);
             for (k, &v) in lanes.iter().enumerate().take(rows - r0) {
-                out[(r0 + k) * n + t] = v;
+                out[t * rows + r0 + k] = v;
             }
         }
     }

@@ -26,7 +26,7 @@ use std::arch::asm;
 
 use half::f16;
 
-use super::{KernelPath, Ops, PrepLane};
+use super::{KernelPath, Ops, OutLayout, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 
 /// The NEON table, with `sdot` integer dot products when the CPU has `dotprod`.
@@ -43,6 +43,8 @@ pub(super) fn tables() -> impl Iterator<Item = Ops> {
 fn plain_table() -> Ops {
     Ops {
         path: KernelPath::Neon,
+        prepare_q8,
+        prepare_q4,
         matmul_q8,
         matmul_q4,
         ..float_ops()
@@ -53,18 +55,20 @@ fn plain_table() -> Ops {
 fn dotprod_table() -> Option<Ops> {
     std::arch::is_aarch64_feature_detected!("dotprod").then(|| Ops {
         path: KernelPath::NeonDotprod,
+        prepare_q8: prepare_q8_dotprod,
+        prepare_q4: prepare_q4_dotprod,
         matmul_q8: matmul_q8_dotprod,
         matmul_q4: matmul_q4_dotprod,
         ..float_ops()
     })
 }
 
-/// The entries both NEON tables share; the matrix kernels are overwritten by the caller.
+/// The entries both NEON tables share; the matrix kernels and their preparations are
+/// overwritten by the caller.
 fn float_ops() -> Ops {
     Ops {
+        out_layout: OutLayout::TokenMajor,
         quantize_act,
-        prepare_q8,
-        prepare_q4,
         dot_f16,
         dot_f32,
         layer_norm: elem::layer_norm,
@@ -89,7 +93,7 @@ fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
 }
 
 /// Prepares up to three tokens for the decode kernels (a batch of four or more goes through the
-/// packed kernels, which read the activations as they are).
+/// `smull` packed kernels, which read the activations as they are).
 fn prepare_q8(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
     prepare_decode(x, nb, prep, false);
 }
@@ -97,6 +101,33 @@ fn prepare_q8(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
 /// [`prepare_q8`] with q4's per-block offsets.
 fn prepare_q4(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
     prepare_decode(x, nb, prep, true);
+}
+
+/// [`prepare_q8`] for the `dotprod` table: a batch of four tokens or more is laid out in
+/// panels for the `sdot` packed kernel.
+fn prepare_q8_dotprod(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
+    if !prepare_batch(x, nb, prep) {
+        prepare_decode(x, nb, prep, false);
+    }
+}
+
+/// [`prepare_q8_dotprod`] with q4's per-block offsets for the decode kernels (the packed
+/// kernel's q4 weights are offset while packing).
+fn prepare_q4_dotprod(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
+    if !prepare_batch(x, nb, prep) {
+        prepare_decode(x, nb, prep, true);
+    }
+}
+
+/// Lays out a batch of [`packed::MIN_TOKENS`] or more for [`packed::matmul_sdot`]; false (and
+/// nothing done) for fewer tokens.
+fn prepare_batch(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) -> bool {
+    if nb == 0 || x.len() / nb < packed::MIN_TOKENS {
+        return false;
+    }
+    // SAFETY: NEON is baseline on aarch64; `prepare` checks the room itself.
+    unsafe { packed::prepare(&x[..x.len() / nb * nb], nb, prep) };
+    true
 }
 
 fn prepare_decode(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane], offset: bool) {
@@ -307,15 +338,15 @@ unsafe fn horizontal_sums4(s: [int32x4_t; 4]) -> int32x4_t {
 // rows at a time against a prepared activation (`decode`).
 // ---------------------------------------------------------------------------------------------
 
-/// Every row × token of `w` and `x` into `out` (`(rows, n)`), with the packed batch kernel for
-/// four tokens or more, else the decode kernel against the tokens prepared in `prep`.
+/// Every row × token of `w` and `x` into `out` (`(n, rows)`), with the packed batch kernel
+/// `batch` for four tokens or more, else the decode kernel against the tokens prepared in `prep`.
 ///
 /// # Safety
-/// The CPU must have the features `F`, `K` and `D` use; `w.len() == rows · nb`,
+/// The CPU must have the features `batch` and `D` use; `w.len() == rows · nb`,
 /// `x.len() == n · nb`, `out.len() == rows · n`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul_blocks<F, K, D>(
+unsafe fn matmul_blocks<D: decode::RowDot>(
     w: &[D::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
@@ -323,15 +354,12 @@ unsafe fn matmul_blocks<F, K, D>(
     rows: usize,
     n: usize,
     out: &mut [f32],
-) where
-    F: packed::PackFormat<W = D::W>,
-    K: packed::GroupDot,
-    D: decode::RowDot,
-{
+    batch: impl FnOnce(&[D::W], &[BlockQ8Act], &[PrepLane], &mut [f32]),
+) {
     if nb == 0 {
         out.fill(0.0);
     } else if n >= packed::MIN_TOKENS {
-        packed::matmul::<F, K>(w, x, nb, rows, n, out);
+        batch(w, x, prep, out);
     } else {
         decode::matvec::<D>(w, prep, nb, rows, n, out);
     }
@@ -349,7 +377,9 @@ unsafe fn matmul_q8_neon(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_blocks::<packed::Q8, packed::Mull, decode::Q8Mull>(w, x, prep, nb, rows, n, out)
+    matmul_blocks::<decode::Q8Mull>(w, x, prep, nb, rows, n, out, |w, x, _, out| {
+        packed::matmul_mull::<packed::Q8>(w, x, nb, rows, n, out)
+    })
 }
 
 /// # Safety
@@ -364,7 +394,9 @@ unsafe fn matmul_q4_neon(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_blocks::<packed::Q4, packed::Mull, decode::Q4Mull>(w, x, prep, nb, rows, n, out)
+    matmul_blocks::<decode::Q4Mull>(w, x, prep, nb, rows, n, out, |w, x, _, out| {
+        packed::matmul_mull::<packed::Q4>(w, x, nb, rows, n, out)
+    })
 }
 
 /// # Safety
@@ -379,7 +411,9 @@ unsafe fn matmul_q8_sdot(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_blocks::<packed::Q8, packed::Sdot, decode::Q8Sdot>(w, x, prep, nb, rows, n, out)
+    matmul_blocks::<decode::Q8Sdot>(w, x, prep, nb, rows, n, out, |w, _, prep, out| {
+        packed::matmul_sdot::<packed::Q8>(w, prep, nb, rows, n, out)
+    })
 }
 
 /// # Safety
@@ -394,7 +428,9 @@ unsafe fn matmul_q4_sdot(
     n: usize,
     out: &mut [f32],
 ) {
-    matmul_blocks::<packed::Q4, packed::Sdot, decode::Q4Sdot>(w, x, prep, nb, rows, n, out)
+    matmul_blocks::<decode::Q4Sdot>(w, x, prep, nb, rows, n, out, |w, _, prep, out| {
+        packed::matmul_sdot::<packed::Q4>(w, prep, nb, rows, n, out)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
