@@ -8,6 +8,7 @@
 //! does not fit). Arithmetic is delegated to [`crate::kernels`]; choosing tokens to
 //! [`crate::sampler`].
 
+use crate::attention::{self, Heads};
 use crate::error::{Error, Result};
 use crate::format::{Activation, HParams};
 use crate::kernels::{self, MatmulScratch};
@@ -29,7 +30,8 @@ struct Scratch {
     proj: Vec<f32>,
     /// MLP hidden layer, `(batch, n_inner)`.
     hidden: Vec<f32>,
-    /// Attention weights over positions, `(capacity)`.
+    /// Attention scores and weights: a row of `capacity` per query of a batch (rounded up to
+    /// whole tiles, [`attention::scores_len`]).
     scores: Vec<f32>,
     /// Logits, `(n_vocab)`, or `(batch, n_vocab)` when every position's logits are kept.
     logits: Vec<f32>,
@@ -63,7 +65,7 @@ impl ScratchDims {
             embd: b * e,
             qkv: b * 3 * e,
             hidden: b * i,
-            scores: config.ctx,
+            scores: attention::scores_len(b, config.ctx),
             logits: logit_rows * v,
             matmul: (e.max(i), widest_out, b),
         }
@@ -555,7 +557,7 @@ impl<'m> Session<'m> {
             kernels::add_assign(x, p);
         }
         for (l, block) in model.blocks.iter().enumerate() {
-            attention(block, l, self.pos, n, hp, &mut self.cache, s, observe);
+            self_attention(block, l, self.pos, n, hp, &mut self.cache, s, observe);
             mlp(block, l, n, hp, s, observe);
         }
         self.pos += n;
@@ -583,9 +585,10 @@ impl<'m> Session<'m> {
 }
 
 /// `x += proj(attention(ln_1(x)))` for `n` tokens starting at position `pos`, storing their keys
-/// and values in the cache first so each token attends to itself and everything before it.
+/// and values in the cache first so each token attends to itself and everything before it
+/// ([`attention::attend`]).
 #[allow(clippy::too_many_arguments)]
-fn attention(
+fn self_attention(
     b: &Block<'_>,
     layer: usize,
     pos: usize,
@@ -610,11 +613,20 @@ fn attention(
         let qkv = &s.qkv[t * 3 * e..(t + 1) * 3 * e];
         cache.store(layer, pos + t, &qkv[e..2 * e], &qkv[2 * e..]);
     }
-    for t in 0..n {
-        let q = &s.qkv[t * 3 * e..t * 3 * e + e];
-        let out = &mut s.attn[t * e..(t + 1) * e];
-        attend(q, layer, pos + t + 1, hp, cache, &mut s.scores, out);
-    }
+    let heads = Heads {
+        n_head: hp.n_head as usize,
+        head_dim: hp.head_dim(),
+    };
+    attention::attend(
+        cache,
+        layer,
+        pos,
+        heads,
+        n,
+        &s.qkv[..n * 3 * e],
+        &mut s.scores,
+        &mut s.attn[..n * e],
+    );
     observe(MatrixInput::AttnProj(layer), &s.attn[..n * e]);
     kernels::linear_batch(
         &b.attn_proj.weight,
@@ -625,26 +637,6 @@ fn attention(
         &mut s.matmul,
     );
     kernels::add_assign(&mut s.x[..n * e], &s.proj[..n * e]);
-}
-
-/// Causal multi-head attention of one query over the first `len` cached positions.
-fn attend(
-    q: &[f32],
-    layer: usize,
-    len: usize,
-    hp: &HParams,
-    cache: &KvCache,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let hd = hp.head_dim();
-    let scale = 1.0 / (hd as f32).sqrt();
-    let scores = &mut scores[..len];
-    for h in 0..hp.n_head as usize {
-        cache.scores(layer, h, &q[h * hd..(h + 1) * hd], scale, scores);
-        kernels::softmax(scores);
-        cache.weighted_sum(layer, h, scores, &mut out[h * hd..(h + 1) * hd]);
-    }
 }
 
 /// Layer norm of each `n_embd`-wide row of `x` into `out`.

@@ -47,7 +47,7 @@ use std::ffi::c_ulong;
 
 use half::f16;
 
-use super::{prepare_nothing, KernelPath, Ops, PrepLane};
+use super::{prepare_nothing, CausalTile, KernelPath, Ops, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 
 /// `AT_HWCAP` in the auxiliary vector (`<elf.h>`).
@@ -86,6 +86,8 @@ pub(super) fn ops() -> Option<Ops> {
         matmul_q8,
         matmul_q4,
         axpy_f16,
+        scores_f16,
+        weighted_sum_f16,
         gelu_tanh,
         ..super::scalar::ops()
     })
@@ -118,6 +120,16 @@ fn axpy_f16(acc: &mut [f32], s: f32, x: &[f16]) {
     debug_assert!(has_neon_vfpv4());
     // SAFETY: NEON and VFPv4 were detected; the lengths are equal.
     unsafe { float::axpy_f16(acc, s, x) }
+}
+
+/// Attention scores of a tile of queries, one query at a time with this table's [`dot_f16`].
+fn scores_f16(keys: &[f16], q: &[f32], scale: f32, tile: &CausalTile, out: &mut [f32]) {
+    super::scores_per_query(dot_f16, keys, q, scale, tile, out);
+}
+
+/// Weighted sums for a tile of queries, one query at a time with this table's [`axpy_f16`].
+fn weighted_sum_f16(values: &[f16], weights: &[f32], tile: &CausalTile, out: &mut [f32]) {
+    super::weighted_sum_per_query(axpy_f16, values, weights, tile, out);
 }
 
 /// GELU (tanh form) in place.

@@ -16,6 +16,7 @@
 //! * The float dot products use four FMA accumulators over 32 elements, then 8 at a time, then
 //!   a scalar tail.
 
+mod attn;
 mod decode;
 mod elem;
 mod packed;
@@ -48,6 +49,8 @@ pub(super) unsafe fn ops() -> Ops {
         add_assign: elem::add_assign,
         axpy: elem::axpy,
         axpy_f16: elem::axpy_f16,
+        scores_f16: attn::scores_f16,
+        weighted_sum_f16: attn::weighted_sum_f16,
     }
 }
 

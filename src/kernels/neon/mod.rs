@@ -17,6 +17,7 @@
 //! This module owns only the SIMD code; lengths are checked by the safe wrappers with the same
 //! asserts as the [`scalar`](super::scalar) twins, which are the reference in the tests below.
 
+mod attn;
 mod decode;
 mod elem;
 mod packed;
@@ -73,6 +74,8 @@ fn float_ops() -> Ops {
         add_assign: elem::add_assign,
         axpy: elem::axpy,
         axpy_f16: elem::axpy_f16,
+        scores_f16: attn::scores_f16,
+        weighted_sum_f16: attn::weighted_sum_f16,
         ..super::scalar::ops()
     }
 }
