@@ -1,6 +1,7 @@
 //! 32-bit ARM (armv7, e.g. 32-bit Raspberry Pi OS) NEON kernels: activation quantisation and
 //! the q8/q4 tile products, which are nearly all of a token's work; GELU; and the f16 KV cache's
-//! `dot_f16`/`axpy_f16`, whose work grows with the context. The other float entries (layer norm,
+//! `dot_f16`/`axpy_f16`, whose work grows with the context (a prompt's attention tiles,
+//! `scores_f16`/`weighted_sum_f16`, run them one query at a time). The other float entries (layer norm,
 //! softmax, `add_assign`, `axpy`, `dot_f32`) stay the [`scalar`](super::scalar) twins: together
 //! they are about 2% of a decoded token here. GELU's agreement test is the dispatched table's in
 //! `kernels::tests`, which runs this table on an emulated Cortex-A7.

@@ -1,5 +1,6 @@
 //! aarch64 NEON kernels: activation quantisation and the q8/q4/f16/f32 dot products.
-//! The element-wise ops (GELU, softmax, layer norm, axpy) live in the [`elem`] submodule.
+//! The element-wise ops (GELU, softmax, layer norm, axpy) live in the [`elem`] submodule, the
+//! attention tiles over the f16 KV cache in [`attn`].
 //!
 //! NEON is part of the aarch64 baseline, so [`ops`] always returns a NEON table; it picks the
 //! integer dot products by CPU:
