@@ -12,10 +12,9 @@ use rayon::prelude::*;
 use crate::kernels::{self, CausalTile};
 use crate::kv_cache::KvCache;
 
-/// Consecutive queries attended together. The SIMD kernels share each widened key and value row
-/// among four queries; a larger tile would save no more work, and smaller tiles balance better
-/// across threads.
-pub const QUERY_TILE: usize = 4;
+/// Consecutive queries attended together. The NEON scores share each widened key row among
+/// eight queries, the other kernels among four.
+pub const QUERY_TILE: usize = 8;
 
 /// How a layer's queries split into heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -777,9 +777,10 @@ fn add_assign_and_axpy_match_scalar_bitwise() {
 // ---------------------------------------------------------------------------------------------
 // Attention tiles over the f16 KV cache.
 
-/// Head sizes: GPT-2's 64, 80 (gpt2-xl), and sizes that leave every remainder of the kernels'
-/// 16-, 8- and 4-wide steps (1, 7, 48, 100).
-const HEAD_DIMS: [usize; 6] = [1, 7, 48, 64, 80, 100];
+/// Head sizes: GPT-2's 64, 80 (gpt2-xl), sizes that leave every remainder of the kernels'
+/// 16-, 8- and 4-wide steps (1, 7, 48, 100), and one past the widest the NEON eight-query scores
+/// take (136).
+const HEAD_DIMS: [usize; 7] = [1, 7, 48, 64, 80, 100, 136];
 /// Positions the first query of a tile sees: short (below a block of keys), ragged, long.
 const FIRST_LENS: [usize; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 33, 200];
 /// What the kernels must never write (checked bit for bit).

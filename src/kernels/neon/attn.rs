@@ -77,6 +77,12 @@ pub(super) fn weighted_sum_f16(
 unsafe fn scores_tile(k: *const u16, q: *const f32, scale: f32, t: &CausalTile, out: *mut f32) {
     let hd = t.head_dim;
     let mut i0 = 0;
+    if hd <= WIDE_MAX_HEAD_DIM {
+        while i0 + WIDE <= t.queries {
+            scores_wide(k, q, scale, t, i0, out);
+            i0 += WIDE;
+        }
+    }
     while i0 + GROUP <= t.queries {
         let mut qs = [q; GROUP];
         let mut os = [out; GROUP];
@@ -128,6 +134,202 @@ unsafe fn scores_tile(k: *const u16, q: *const f32, scale: f32, t: &CausalTile, 
         for p in 0..t.len(i) {
             *o.add(p) = dot_qx1::<1>(k.add(p * hd), [qi], hd)[0] * scale;
         }
+    }
+}
+
+/// Queries that share each widened key row in [`scores_wide`].
+const WIDE: usize = 8;
+/// The widest head [`scores_wide`] takes (its transposed queries live on the stack: 4 KiB).
+const WIDE_MAX_HEAD_DIM: usize = 128;
+
+/// Scores of queries `i0..i0 + 8` of the tile. Their values are first laid out transposed and
+/// scaled, `qt[2d]` = element `d` of queries 0–3 and `qt[2d + 1]` of queries 4–7, so that each
+/// key element multiplies eight queries by lane (`fmla` by element): a key row is widened once
+/// for eight queries, and the sums need no horizontal reduction, only a 4 × 4 transpose per block
+/// of four keys.
+///
+/// # Safety
+/// As [`scores_tile`]; `i0 + 8 ≤ queries` and `head_dim ≤ WIDE_MAX_HEAD_DIM`.
+#[inline(always)]
+unsafe fn scores_wide(
+    k: *const u16,
+    q: *const f32,
+    scale: f32,
+    t: &CausalTile,
+    i0: usize,
+    out: *mut f32,
+) {
+    let hd = t.head_dim;
+    let mut qs = [q; WIDE];
+    let mut os = [out; WIDE];
+    for j in 0..WIDE {
+        qs[j] = q.add((i0 + j) * t.q_stride);
+        os[j] = out.add((i0 + j) * t.score_stride);
+    }
+    let mut qt = std::mem::MaybeUninit::<[float32x4_t; 2 * WIDE_MAX_HEAD_DIM]>::uninit();
+    let qt = qt.as_mut_ptr().cast::<float32x4_t>();
+    transpose_queries(qs, scale, hd, qt);
+    let common = t.len(i0);
+    let end = common + WIDE - 1;
+    let mut p = 0;
+    while p + 4 <= common {
+        let [lo, hi] = wide_block(k.add(p * hd), qt, hd);
+        for (j, r) in lo.iter().chain(&hi).enumerate() {
+            vst1q_f32(os[j].add(p), *r);
+        }
+        p += 4;
+    }
+    // The positions only the later queries see: whole blocks while the keys exist, writing only
+    // the pairs that are seen, then one at a time.
+    while p < end && p + 4 <= t.positions() {
+        let [lo, hi] = wide_block(k.add(p * hd), qt, hd);
+        let mut block = [[0f32; 4]; WIDE];
+        for (b, r) in block.iter_mut().zip(lo.iter().chain(&hi)) {
+            vst1q_f32(b.as_mut_ptr(), *r);
+        }
+        for (j, b) in block.iter().enumerate() {
+            for (m, &v) in b.iter().enumerate() {
+                if p + m < common + j {
+                    *os[j].add(p + m) = v;
+                }
+            }
+        }
+        p += 4;
+    }
+    while p < end {
+        let s = dot_qx1::<WIDE>(k.add(p * hd), qs, hd);
+        for j in 0..WIDE {
+            if p < common + j {
+                *os[j].add(p) = s[j] * scale;
+            }
+        }
+        p += 1;
+    }
+}
+
+/// Writes `scale · q` of eight queries transposed into `qt` (`2 · hd` vectors): `qt[2d]` holds
+/// element `d` of queries 0–3, `qt[2d + 1]` of queries 4–7.
+///
+/// # Safety
+/// NEON must be available; each `q[j]` must hold `hd` floats and `qt` room for `2 · hd` vectors.
+#[inline(always)]
+unsafe fn transpose_queries(q: [*const f32; WIDE], scale: f32, hd: usize, qt: *mut float32x4_t) {
+    let mut d = 0;
+    while d + 4 <= hd {
+        for half in 0..2 {
+            let mut rows = [vdupq_n_f32(0.0); 4];
+            for (r, qj) in rows.iter_mut().zip(&q[4 * half..4 * half + 4]) {
+                *r = vmulq_n_f32(vld1q_f32(qj.add(d)), scale);
+            }
+            for (m, c) in transpose4(rows).into_iter().enumerate() {
+                *qt.add(2 * (d + m) + half) = c;
+            }
+        }
+        d += 4;
+    }
+    for e in d..hd {
+        for half in 0..2 {
+            let mut lanes = [0f32; 4];
+            for (l, qj) in lanes.iter_mut().zip(&q[4 * half..4 * half + 4]) {
+                *l = *qj.add(e) * scale;
+            }
+            *qt.add(2 * e + half) = vld1q_f32(lanes.as_ptr());
+        }
+    }
+}
+
+/// The 4 × 4 transpose: lane `j` of result `i` is lane `i` of `r[j]`.
+///
+/// # Safety
+/// NEON must be available.
+#[inline(always)]
+unsafe fn transpose4(r: [float32x4_t; 4]) -> [float32x4_t; 4] {
+    let t0 = vreinterpretq_f64_f32(vtrn1q_f32(r[0], r[1]));
+    let t1 = vreinterpretq_f64_f32(vtrn2q_f32(r[0], r[1]));
+    let t2 = vreinterpretq_f64_f32(vtrn1q_f32(r[2], r[3]));
+    let t3 = vreinterpretq_f64_f32(vtrn2q_f32(r[2], r[3]));
+    [
+        vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)),
+        vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)),
+        vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)),
+        vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)),
+    ]
+}
+
+/// Eight queries (transposed and scaled in `qt`) against four consecutive key rows: result
+/// `[lo, hi]`, `lo[i]` the four keys' scores of query `i`, `hi[i]` of query `4 + i`.
+///
+/// # Safety
+/// NEON must be available; `k` must hold four rows of `hd` f16 bits and `qt` `2 · hd` vectors.
+#[inline(always)]
+unsafe fn wide_block(k: *const u16, qt: *const float32x4_t, hd: usize) -> [[float32x4_t; 4]; 2] {
+    // acc[j]: key j, [queries 0–3, queries 4–7].
+    let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
+    let mut d = 0;
+    while d + 8 <= hd {
+        let mut lo = [vdupq_n_f32(0.0); 4];
+        let mut hi = [vdupq_n_f32(0.0); 4];
+        for j in 0..4 {
+            let h = vld1q_u16(k.add(j * hd + d));
+            lo[j] = f16x4_to_f32(vget_low_u16(h));
+            hi[j] = f16x8_high_to_f32(h);
+        }
+        wide_dims(&mut acc, qt.add(2 * d), &lo);
+        wide_dims(&mut acc, qt.add(2 * (d + 4)), &hi);
+        d += 8;
+    }
+    if d + 4 <= hd {
+        let mut kf = [vdupq_n_f32(0.0); 4];
+        for (j, kj) in kf.iter_mut().enumerate() {
+            *kj = f16x4_to_f32(vld1_u16(k.add(j * hd + d)));
+        }
+        wide_dims(&mut acc, qt.add(2 * d), &kf);
+        d += 4;
+    }
+    for e in d..hd {
+        let (qa, qb) = (*qt.add(2 * e), *qt.add(2 * e + 1));
+        for (j, a) in acc.iter_mut().enumerate() {
+            let kv = f16_to_f32(*k.add(j * hd + e));
+            a[0] = vfmaq_n_f32(a[0], qa, kv);
+            a[1] = vfmaq_n_f32(a[1], qb, kv);
+        }
+    }
+    [
+        transpose4([acc[0][0], acc[1][0], acc[2][0], acc[3][0]]),
+        transpose4([acc[0][1], acc[1][1], acc[2][1], acc[3][1]]),
+    ]
+}
+
+/// Four dimensions (`qt` at the first, `kf[j]` the four key elements of key `j`) into the sums.
+///
+/// # Safety
+/// NEON must be available; `qt` must hold eight vectors.
+#[inline(always)]
+unsafe fn wide_dims(
+    acc: &mut [[float32x4_t; 2]; 4],
+    qt: *const float32x4_t,
+    kf: &[float32x4_t; 4],
+) {
+    wide_dim::<0>(acc, qt, kf);
+    wide_dim::<1>(acc, qt.add(2), kf);
+    wide_dim::<2>(acc, qt.add(4), kf);
+    wide_dim::<3>(acc, qt.add(6), kf);
+}
+
+/// One dimension: lane `L` of each key's vector times the eight queries' element.
+///
+/// # Safety
+/// NEON must be available; `qt` must hold two vectors.
+#[inline(always)]
+unsafe fn wide_dim<const L: i32>(
+    acc: &mut [[float32x4_t; 2]; 4],
+    qt: *const float32x4_t,
+    kf: &[float32x4_t; 4],
+) {
+    let (qa, qb) = (*qt, *qt.add(1));
+    for (a, kj) in acc.iter_mut().zip(kf) {
+        a[0] = vfmaq_laneq_f32::<L>(a[0], qa, *kj);
+        a[1] = vfmaq_laneq_f32::<L>(a[1], qb, *kj);
     }
 }
 
