@@ -1,7 +1,7 @@
 //! Causal multi-head attention over the KV cache, once the new positions' keys and values are
 //! stored: one query at a time for a decoded token; for a batch (a prompt), tiles of
-//! [`QUERY_TILE`] consecutive queries, each tile reading every key and value row of a head once
-//! for all its queries, the tiles in parallel on the current rayon pool.
+//! [`QUERY_TILE`] consecutive queries, whose kernels read each key and value row of a head once
+//! for several queries, the tiles in parallel on the current rayon pool.
 //!
 //! This module owns the order of that work and the size of its scores scratch
 //! ([`scores_len`]); the products against the cache are [`KvCache`]'s, the arithmetic

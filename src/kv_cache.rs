@@ -4,8 +4,9 @@
 //! `[layer][head][position][head_dim]`, so the attention of one head reads one contiguous block.
 //! Elements are stored as f32, f16 or q8 ([`KvType`]); the cache also does the two products
 //! attention needs against its rows ([`KvCache::scores`], [`KvCache::weighted_sum`], and their
-//! tile forms for several consecutive queries), so no caller ever needs a dequantised copy. It owns storage and indexing only; which positions are
-//! kept when it fills is the generation loop's business (see [`crate::generate`]).
+//! tile forms for several consecutive queries), so no caller ever needs a dequantised copy. It
+//! owns storage and indexing only; which positions are kept when it fills is the generation
+//! loop's business (see [`crate::generate`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -298,6 +299,7 @@ impl KvCache {
             }
         }
     }
+
     /// Element range of `len` rows of (`layer`, `head`) from position 0.
     fn span(&self, layer: usize, head: usize, len: usize) -> (usize, usize) {
         assert!(

@@ -117,7 +117,8 @@ pub struct Ops {
     /// `tile.head_dim`, position 0 first): `out[i · score_stride + p] = scale · (q_i · key_p)`
     /// for each query `i` and each position `p` it sees ([`CausalTile`]); the rest of `out` is
     /// not written. SIMD tables read (and widen) each key row once for several queries; the
-    /// results differ from [`Ops::dot_f16`]'s by float summation order only.
+    /// results differ from [`Ops::dot_f16`]'s by float rounding only (summation order, and
+    /// `scale` may be applied to the queries before the products).
     pub scores_f16: ScoresFn,
     /// The weighted sums of f16 value rows for a tile of consecutive queries: query `i`'s
     /// `head_dim` outputs at `out[i · out_stride..]` are overwritten with

@@ -1,15 +1,16 @@
-//! NEON attention tiles over the f16 KV cache: the scores of four queries against four keys at a
-//! time, and the weighted sums of value rows into four queries' outputs 16 values at a time, so
-//! each key and value row is loaded and widened (`fcvtl`) once per four queries instead of once
-//! per query. Twins of [`scalar::scores_f16`](crate::kernels::scalar::scores_f16) and
+//! NEON attention tiles over the f16 KV cache: the scores of eight queries against four keys at
+//! a time (four queries for heads wider than 128 and for a tile's last few queries), and the
+//! weighted sums of value rows into four queries' outputs 16 values at a time, so each key row is
+//! loaded and widened (`fcvtl`) once per eight queries and each value row once per four, instead
+//! of once per query. Twins of [`scalar::scores_f16`](crate::kernels::scalar::scores_f16) and
 //! [`scalar::weighted_sum_f16`](crate::kernels::scalar::weighted_sum_f16); the sums run in a
-//! different order and the weighted sums fuse their multiply-adds, so results differ from the
-//! per-query kernels by float rounding only.
+//! different order, the eight-query scores scale the queries first and the weighted sums fuse
+//! their multiply-adds, so results differ from the per-query kernels by float rounding only.
 //!
-//! Causality: the queries of a group of four see `common`, `common + 1`, … positions. Positions
-//! below `common` are done for all four together; the next three only for the queries that see
-//! them (no product of a query with a position it does not see is ever added, so a NaN there
-//! cannot reach it).
+//! Causality: the queries of a group see `common`, `common + 1`, … positions. Positions below
+//! `common` are done for the whole group together; the rest only for the queries that see them
+//! (no product of a query with a position it does not see is ever added, so a NaN there cannot
+//! reach it).
 
 use std::arch::aarch64::*;
 
