@@ -3,9 +3,10 @@
 //! Allocated once per session for `capacity` positions and never grown. Layout is
 //! `[layer][head][position][head_dim]`, so the attention of one head reads one contiguous block.
 //! Elements are stored as f32, f16 or q8 ([`KvType`]); the cache also does the two products
-//! attention needs against its rows ([`KvCache::scores`], [`KvCache::weighted_sum`]), so no
-//! caller ever needs a dequantised copy. It owns storage and indexing only; which positions are
-//! kept when it fills is the generation loop's business (see [`crate::generate`]).
+//! attention needs against its rows ([`KvCache::scores`], [`KvCache::weighted_sum`], and their
+//! tile forms for several consecutive queries), so no caller ever needs a dequantised copy. It
+//! owns storage and indexing only; which positions are kept when it fills is the generation
+//! loop's business (see [`crate::generate`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +14,7 @@ use std::str::FromStr;
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::kernels;
+use crate::kernels::{self, CausalTile};
 
 /// How the cache stores each key and value element.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -296,6 +297,67 @@ impl KvCache {
                     }
                 }
             }
+        }
+    }
+
+    /// Element range of `len` rows of (`layer`, `head`) from position 0.
+    fn span(&self, layer: usize, head: usize, len: usize) -> (usize, usize) {
+        assert!(
+            layer < self.n_layer && head < self.n_head && len <= self.capacity,
+            "KV cache index out of range"
+        );
+        let r0 = self.row(layer, head, 0);
+        (r0 * self.head_dim, (r0 + len) * self.head_dim)
+    }
+
+    /// [`KvCache::scores`] for a tile of consecutive queries of one layer and head (their rows
+    /// of `q`, scores and strides as [`CausalTile`] describes them; `tile.head_dim` is the
+    /// cache's). The f16 cache reads each key once for several queries
+    /// ([`kernels::Ops::scores_f16`]); the others take one query at a time.
+    pub fn scores_tile(
+        &self,
+        layer: usize,
+        head: usize,
+        q: &[f32],
+        scale: f32,
+        tile: &CausalTile,
+        out: &mut [f32],
+    ) {
+        assert_eq!(tile.head_dim, self.head_dim, "KV cache tile: head_dim");
+        tile.check_scores(self.head_dim * tile.positions(), q.len(), out.len());
+        if let Store::F16(k) = &self.keys {
+            let (a, b) = self.span(layer, head, tile.positions());
+            (kernels::ops().scores_f16)(&k[a..b], q, scale, tile, out);
+            return;
+        }
+        for i in 0..tile.queries {
+            let qi = &q[i * tile.q_stride..i * tile.q_stride + self.head_dim];
+            let row = i * tile.score_stride;
+            self.scores(layer, head, qi, scale, &mut out[row..row + tile.len(i)]);
+        }
+    }
+
+    /// [`KvCache::weighted_sum`] for a tile of consecutive queries of one layer and head, as
+    /// [`KvCache::scores_tile`] (the f16 cache: [`kernels::Ops::weighted_sum_f16`]).
+    pub fn weighted_sum_tile(
+        &self,
+        layer: usize,
+        head: usize,
+        weights: &[f32],
+        tile: &CausalTile,
+        out: &mut [f32],
+    ) {
+        assert_eq!(tile.head_dim, self.head_dim, "KV cache tile: head_dim");
+        tile.check_weighted_sum(self.head_dim * tile.positions(), weights.len(), out.len());
+        if let Store::F16(v) = &self.values {
+            let (a, b) = self.span(layer, head, tile.positions());
+            (kernels::ops().weighted_sum_f16)(&v[a..b], weights, tile, out);
+            return;
+        }
+        for i in 0..tile.queries {
+            let w = &weights[i * tile.score_stride..i * tile.score_stride + tile.len(i)];
+            let o = i * tile.out_stride;
+            self.weighted_sum(layer, head, w, &mut out[o..o + self.head_dim]);
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The data path, one module per step:
 //! file ([`format`](mod@format)) → mmap ([`mmap`]) → [`model::Model`] (borrowed tensors, [`tensor`]) →
-//! [`session::Session`] (KV cache [`kv_cache`] + scratch) → [`kernels`] → logits → [`sampler`] →
+//! [`session::Session`] (KV cache [`kv_cache`] + scratch; [`attention`] over the cache) → [`kernels`] → logits → [`sampler`] →
 //! tokens → text ([`tokenizer`]). On top: the generation loop ([`generate`]), multi-turn chat
 //! ([`chat`]), zero-shot task prompts ([`task`]), per-token log-probabilities ([`score`]) and
 //! several sessions serving queued requests ([`slots`], behind `gpt2q serve`). Block formats for
@@ -10,6 +10,7 @@
 //! [`machine`]; seeded test data in [`rng`].
 #![deny(missing_docs)]
 
+pub mod attention;
 pub mod bench;
 pub mod chat;
 pub mod error;

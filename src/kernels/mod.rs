@@ -116,6 +116,139 @@ pub struct Ops {
     pub axpy: fn(acc: &mut [f32], s: f32, x: &[f32]),
     /// [`Ops::axpy`] with f16 `x` (the f16 KV cache's weighted sum of values).
     pub axpy_f16: fn(acc: &mut [f32], s: f32, x: &[f16]),
+    /// The attention scores of a tile of consecutive queries against f16 keys (rows of
+    /// `tile.head_dim`, position 0 first): `out[i · score_stride + p] = scale · (q_i · key_p)`
+    /// for each query `i` and each position `p` it sees ([`CausalTile`]); the rest of `out` is
+    /// not written. SIMD tables read (and widen) each key row once for several queries; the
+    /// results differ from [`Ops::dot_f16`]'s by float rounding only (summation order, and
+    /// `scale` may be applied to the queries before the products).
+    pub scores_f16: ScoresFn,
+    /// The weighted sums of f16 value rows for a tile of consecutive queries: query `i`'s
+    /// `head_dim` outputs at `out[i · out_stride..]` are overwritten with
+    /// `Σ_p weights[i · score_stride + p] · value_p` over the positions it sees; the rest of
+    /// `out` is not written. SIMD tables read each value row once for several queries and may
+    /// fuse the multiply-adds (float rounding only differs from [`Ops::axpy_f16`]'s).
+    pub weighted_sum_f16: WeightedSumFn,
+}
+
+/// Signature of [`Ops::scores_f16`]: `(keys, q, scale, tile, out)`.
+pub type ScoresFn = fn(keys: &[f16], q: &[f32], scale: f32, tile: &CausalTile, out: &mut [f32]);
+
+/// Signature of [`Ops::weighted_sum_f16`]: `(values, weights, tile, out)`.
+pub type WeightedSumFn = fn(values: &[f16], weights: &[f32], tile: &CausalTile, out: &mut [f32]);
+
+/// One head's causal attention for a tile of consecutive queries (prompt tokens), as
+/// [`Ops::scores_f16`] and [`Ops::weighted_sum_f16`] read and write it: query `i` (of
+/// `queries`) sees the cached positions `0..first_len + i`; its `head_dim` values start at
+/// `q[i · q_stride]`, its scores (then softmax weights) at `scores[i · score_stride]` and its
+/// output at `out[i · out_stride]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CausalTile {
+    /// Values per query, key and value row.
+    pub head_dim: usize,
+    /// Queries in the tile (at least 1).
+    pub queries: usize,
+    /// Positions the first query sees (at least 1: itself).
+    pub first_len: usize,
+    /// Distance between consecutive queries in `q`.
+    pub q_stride: usize,
+    /// Distance between consecutive queries' score rows.
+    pub score_stride: usize,
+    /// Distance between consecutive queries in `out`.
+    pub out_stride: usize,
+}
+
+impl CausalTile {
+    /// Positions query `i` sees.
+    pub fn len(&self, i: usize) -> usize {
+        self.first_len + i
+    }
+
+    /// Positions the tile reads: the last query's.
+    pub fn positions(&self) -> usize {
+        self.len(self.queries.saturating_sub(1))
+    }
+
+    /// Checks the shape for [`Ops::scores_f16`]: `keys`, `q` and `scores` elements cover the
+    /// tile. Panics otherwise (a bug in the caller, never user input): the SIMD kernels rely on
+    /// it.
+    pub fn check_scores(&self, keys: usize, q: usize, scores: usize) {
+        self.check_shape();
+        let last = self.queries - 1;
+        assert!(
+            keys >= self.positions() * self.head_dim
+                && q >= last * self.q_stride + self.head_dim
+                && scores >= last * self.score_stride + self.positions(),
+            "attention tile: slices too short for {self:?}"
+        );
+    }
+
+    /// Checks the shape for [`Ops::weighted_sum_f16`]: `values`, `weights` and `out` elements
+    /// cover the tile. Panics otherwise, as [`CausalTile::check_scores`].
+    pub fn check_weighted_sum(&self, values: usize, weights: usize, out: usize) {
+        self.check_shape();
+        let last = self.queries - 1;
+        assert!(
+            values >= self.positions() * self.head_dim
+                && weights >= last * self.score_stride + self.positions()
+                && out >= last * self.out_stride + self.head_dim,
+            "attention tile: slices too short for {self:?}"
+        );
+    }
+
+    /// Not empty, and no row overlaps the next.
+    fn check_shape(&self) {
+        let hd = self.head_dim;
+        assert!(
+            hd > 0 && self.queries > 0 && self.first_len > 0,
+            "attention tile: empty {self:?}"
+        );
+        assert!(
+            self.q_stride >= hd && self.out_stride >= hd && self.score_stride >= self.positions(),
+            "attention tile: strides {self:?}"
+        );
+    }
+}
+
+/// [`Ops::scores_f16`] one query at a time with a table's `dot` (its `dot_f16`): what tables
+/// without a tiled kernel use.
+pub(crate) fn scores_per_query(
+    dot: fn(&[f16], &[f32]) -> f32,
+    keys: &[f16],
+    q: &[f32],
+    scale: f32,
+    tile: &CausalTile,
+    out: &mut [f32],
+) {
+    tile.check_scores(keys.len(), q.len(), out.len());
+    let hd = tile.head_dim;
+    for i in 0..tile.queries {
+        let qi = &q[i * tile.q_stride..i * tile.q_stride + hd];
+        let row = &mut out[i * tile.score_stride..i * tile.score_stride + tile.len(i)];
+        for (s, key) in row.iter_mut().zip(keys.chunks_exact(hd)) {
+            *s = dot(key, qi) * scale;
+        }
+    }
+}
+
+/// [`Ops::weighted_sum_f16`] one query at a time with a table's `axpy` (its `axpy_f16`).
+pub(crate) fn weighted_sum_per_query(
+    axpy: fn(&mut [f32], f32, &[f16]),
+    values: &[f16],
+    weights: &[f32],
+    tile: &CausalTile,
+    out: &mut [f32],
+) {
+    tile.check_weighted_sum(values.len(), weights.len(), out.len());
+    let hd = tile.head_dim;
+    for i in 0..tile.queries {
+        let o = &mut out[i * tile.out_stride..i * tile.out_stride + hd];
+        o.fill(0.0);
+        let w = &weights[i * tile.score_stride..i * tile.score_stride + tile.len(i)];
+        for (&p, value) in w.iter().zip(values.chunks_exact(hd)) {
+            axpy(o, p, value);
+        }
+    }
 }
 
 /// Constants of the vector `exp` the SIMD instruction sets use (Cephes `expf`).

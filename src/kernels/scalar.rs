@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use super::{prepare_nothing, KernelPath, Ops, OutLayout, PrepLane};
+use super::{prepare_nothing, CausalTile, KernelPath, Ops, OutLayout, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 use crate::tensor::{Matrix, Weights};
 
@@ -25,6 +25,8 @@ pub fn ops() -> Ops {
         add_assign,
         axpy,
         axpy_f16,
+        scores_f16,
+        weighted_sum_f16,
     }
 }
 
@@ -228,4 +230,15 @@ pub fn axpy_f16(acc: &mut [f32], s: f32, x: &[f16]) {
     for (a, v) in acc.iter_mut().zip(x) {
         *a += s * v.to_f32();
     }
+}
+
+/// Attention scores of a tile of queries against f16 keys, one query at a time with
+/// [`dot_f16`]: the products the per-query path computes, in the same order.
+pub fn scores_f16(keys: &[f16], q: &[f32], scale: f32, tile: &CausalTile, out: &mut [f32]) {
+    super::scores_per_query(dot_f16, keys, q, scale, tile, out);
+}
+
+/// Weighted sums of f16 values for a tile of queries, one query at a time with [`axpy_f16`].
+pub fn weighted_sum_f16(values: &[f16], weights: &[f32], tile: &CausalTile, out: &mut [f32]) {
+    super::weighted_sum_per_query(axpy_f16, values, weights, tile, out);
 }

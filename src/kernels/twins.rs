@@ -6,7 +6,7 @@
 
 use half::f16;
 
-use super::{prepared_len, scalar, tables, tile_shape, Ops, PrepLane};
+use super::{prepared_len, scalar, tables, tile_shape, CausalTile, Ops, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 use crate::rng::Rng;
 
@@ -793,5 +793,188 @@ fn add_assign_and_axpy_match_scalar_bitwise() {
                 same(&got, &want, &format!("{:?} add_assign len {n}", ops.path));
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention tiles over the f16 KV cache.
+
+/// Head sizes: GPT-2's 64, 80 (gpt2-xl), sizes that leave every remainder of the kernels'
+/// 16-, 8- and 4-wide steps (1, 7, 48, 100), and one past the widest the NEON eight-query scores
+/// take (136).
+const HEAD_DIMS: [usize; 7] = [1, 7, 48, 64, 80, 100, 136];
+/// Positions the first query of a tile sees: short (below a block of keys), ragged, long.
+const FIRST_LENS: [usize; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 33, 200];
+/// What the kernels must never write (checked bit for bit).
+const UNTOUCHED: f32 = 7777.0;
+
+/// A tile with gaps between rows of `q`, scores and `out`, so writes outside the rows show.
+fn gapped_tile(head_dim: usize, queries: usize, first_len: usize) -> CausalTile {
+    let positions = first_len + queries - 1;
+    CausalTile {
+        head_dim,
+        queries,
+        first_len,
+        q_stride: 3 * head_dim + 5,
+        score_stride: positions + 3,
+        out_stride: head_dim + 2,
+    }
+}
+
+/// `rows` f16 rows of `hd`, random, then two NaN rows past what the tile may read.
+fn f16_rows(rng: &mut Rng, rows: usize, hd: usize) -> Vec<f16> {
+    let mut v: Vec<f16> = rng
+        .floats(rows * hd, 2.0)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    v.extend(std::iter::repeat_n(f16::NAN, 2 * hd));
+    v
+}
+
+/// Whether index `k` of a row-strided buffer lies in one of `tile`'s `width`-long rows.
+fn in_row(k: usize, stride: usize, rows: usize, width: impl Fn(usize) -> usize) -> bool {
+    let (i, c) = (k / stride, k % stride);
+    i < rows && c < width(i)
+}
+
+/// Scores of every table against the scalar twin (`|Δ| ≤ 1e-5 · scale · Σ|q·k|`), with nothing
+/// outside the rows written and nothing past the last position read.
+#[test]
+fn attention_scores_agree_with_scalar() {
+    let scale = 0.125;
+    for ops in tables() {
+        let mut rng = Rng::new(0x5EED_0005);
+        for hd in HEAD_DIMS {
+            for first_len in FIRST_LENS {
+                for queries in 1..=9 {
+                    let t = gapped_tile(hd, queries, first_len);
+                    let keys = f16_rows(&mut rng, t.positions(), hd);
+                    let q = rng.floats(queries * t.q_stride, 3.0);
+                    let len = (queries - 1) * t.score_stride + t.positions() + 2;
+                    let (mut got, mut want) = (vec![UNTOUCHED; len], vec![UNTOUCHED; len]);
+                    (ops.scores_f16)(&keys, &q, scale, &t, &mut got);
+                    scalar::scores_f16(&keys, &q, scale, &t, &mut want);
+                    let what = format!(
+                        "{:?} scores hd {hd} first {first_len} q {queries}",
+                        ops.path
+                    );
+                    for k in 0..len {
+                        if !in_row(k, t.score_stride, queries, |i| t.len(i)) {
+                            assert_eq!(got[k].to_bits(), UNTOUCHED.to_bits(), "{what} [{k}]");
+                            continue;
+                        }
+                        let (i, p) = (k / t.score_stride, k % t.score_stride);
+                        let qi = &q[i * t.q_stride..i * t.q_stride + hd];
+                        let key = keys[p * hd..(p + 1) * hd].iter().map(|v| v.to_f32());
+                        let terms = scale as f64 * abs_products(key, qi);
+                        assert_close(got[k], want[k], terms, &format!("{what} [{i},{p}]"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Weighted sums of every table against the scalar twin (`|Δ| ≤ 1e-5 · Σ|w·v|`), signed
+/// weights, NaN weights past each query's positions (never read), nothing outside the rows
+/// written.
+#[test]
+fn attention_weighted_sums_agree_with_scalar() {
+    for ops in tables() {
+        let mut rng = Rng::new(0x5EED_0006);
+        for hd in HEAD_DIMS {
+            for first_len in FIRST_LENS {
+                for queries in 1..=9 {
+                    let t = gapped_tile(hd, queries, first_len);
+                    let values = f16_rows(&mut rng, t.positions(), hd);
+                    let wlen = (queries - 1) * t.score_stride + t.positions();
+                    let weights: Vec<f32> = (0..wlen)
+                        .map(|k| {
+                            let w = rng.uniform(1.0);
+                            if in_row(k, t.score_stride, queries, |i| t.len(i)) {
+                                w
+                            } else {
+                                f32::NAN
+                            }
+                        })
+                        .collect();
+                    let len = (queries - 1) * t.out_stride + hd + 2;
+                    let (mut got, mut want) = (vec![UNTOUCHED; len], vec![UNTOUCHED; len]);
+                    (ops.weighted_sum_f16)(&values, &weights, &t, &mut got);
+                    scalar::weighted_sum_f16(&values, &weights, &t, &mut want);
+                    let what = format!("{:?} sums hd {hd} first {first_len} q {queries}", ops.path);
+                    for k in 0..len {
+                        if !in_row(k, t.out_stride, queries, |_| hd) {
+                            assert_eq!(got[k].to_bits(), UNTOUCHED.to_bits(), "{what} [{k}]");
+                            continue;
+                        }
+                        let (i, c) = (k / t.out_stride, k % t.out_stride);
+                        let w = &weights[i * t.score_stride..i * t.score_stride + t.len(i)];
+                        let column = (0..t.len(i)).map(|p| values[p * hd + c].to_f32());
+                        let terms = abs_products(column, w);
+                        assert_close(got[k], want[k], terms, &format!("{what} [{i},{c}]"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A NaN key or value at a position reaches exactly the queries that see it.
+#[test]
+fn attention_tiles_keep_each_query_to_its_own_positions() {
+    for ops in tables() {
+        for (hd, first_len, queries) in [(64, 5, 4), (7, 1, 9), (100, 33, 6), (48, 4, 8)] {
+            let t = gapped_tile(hd, queries, first_len);
+            let mut rng = Rng::new(7);
+            // Position `first_len + 1`: seen by queries 2.. only.
+            let poisoned = first_len + 1;
+            let mut rows = f16_rows(&mut rng, t.positions(), hd);
+            rows[poisoned * hd + hd / 2] = f16::NAN;
+            let q = rng.floats(queries * t.q_stride, 1.0);
+            let mut scores = vec![0f32; queries * t.score_stride];
+            (ops.scores_f16)(&rows, &q, 1.0, &t, &mut scores);
+            let weights: Vec<f32> = (0..queries * t.score_stride).map(|_| 0.25).collect();
+            let mut out = vec![0f32; queries * t.out_stride];
+            (ops.weighted_sum_f16)(&rows, &weights, &t, &mut out);
+            for i in 0..queries {
+                let sees = t.len(i) > poisoned;
+                let s = &scores[i * t.score_stride..i * t.score_stride + t.len(i)];
+                let o = &out[i * t.out_stride..i * t.out_stride + hd];
+                let what = format!("{:?} hd {hd} first {first_len} query {i}", ops.path);
+                assert_eq!(s.iter().any(|v| v.is_nan()), sees, "{what} scores");
+                assert_eq!(o[hd / 2].is_nan(), sees, "{what} output");
+                assert!(o
+                    .iter()
+                    .enumerate()
+                    .all(|(c, v)| c == hd / 2 || v.is_finite()));
+            }
+        }
+    }
+}
+
+/// Slices too short for the tile are refused before any kernel runs.
+#[test]
+fn attention_tiles_check_their_shapes() {
+    let t = gapped_tile(64, 4, 9);
+    let rows = vec![f16::ZERO; t.positions() * 64];
+    let q = vec![0f32; 3 * t.q_stride + 64];
+    let scores = vec![0f32; 3 * t.score_stride + t.positions()];
+    let out = vec![0f32; 3 * t.out_stride + 64];
+    for ops in tables() {
+        let run = |rows: &[f16], q: &[f32], scores: &[f32], out: &[f32]| {
+            let (mut s, mut o) = (scores.to_vec(), out.to_vec());
+            std::panic::catch_unwind(move || {
+                (ops.scores_f16)(rows, q, 1.0, &t, &mut s);
+                (ops.weighted_sum_f16)(rows, &s, &t, &mut o);
+            })
+            .is_ok()
+        };
+        assert!(run(&rows, &q, &scores, &out), "{:?}", ops.path);
+        assert!(!run(&rows[64..], &q, &scores, &out), "{:?} keys", ops.path);
+        assert!(!run(&rows, &q[1..], &scores, &out), "{:?} q", ops.path);
+        assert!(!run(&rows, &q, &scores[1..], &out), "{:?} scores", ops.path);
+        assert!(!run(&rows, &q, &scores, &out[1..]), "{:?} out", ops.path);
     }
 }

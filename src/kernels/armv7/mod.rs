@@ -1,6 +1,7 @@
 //! 32-bit ARM (armv7, e.g. 32-bit Raspberry Pi OS) NEON kernels: activation quantisation and
 //! the q8/q4 tile products, which are nearly all of a token's work; GELU; and the f16 KV cache's
-//! `dot_f16`/`axpy_f16`, whose work grows with the context. The other float entries (layer norm,
+//! `dot_f16`/`axpy_f16`, whose work grows with the context (a prompt's attention tiles,
+//! `scores_f16`/`weighted_sum_f16`, run them one query at a time). The other float entries (layer norm,
 //! softmax, `add_assign`, `axpy`, `dot_f32`) stay the [`scalar`](super::scalar) twins: together
 //! they are about 2% of a decoded token here. GELU's agreement test is the dispatched table's in
 //! `kernels::tests`, which runs this table on an emulated Cortex-A7.
@@ -47,7 +48,7 @@ use std::ffi::c_ulong;
 
 use half::f16;
 
-use super::{prepare_nothing, KernelPath, Ops, PrepLane};
+use super::{prepare_nothing, CausalTile, KernelPath, Ops, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 
 /// `AT_HWCAP` in the auxiliary vector (`<elf.h>`).
@@ -86,6 +87,8 @@ pub(super) fn ops() -> Option<Ops> {
         matmul_q8,
         matmul_q4,
         axpy_f16,
+        scores_f16,
+        weighted_sum_f16,
         gelu_tanh,
         ..super::scalar::ops()
     })
@@ -118,6 +121,16 @@ fn axpy_f16(acc: &mut [f32], s: f32, x: &[f16]) {
     debug_assert!(has_neon_vfpv4());
     // SAFETY: NEON and VFPv4 were detected; the lengths are equal.
     unsafe { float::axpy_f16(acc, s, x) }
+}
+
+/// Attention scores of a tile of queries, one query at a time with this table's [`dot_f16`].
+fn scores_f16(keys: &[f16], q: &[f32], scale: f32, tile: &CausalTile, out: &mut [f32]) {
+    super::scores_per_query(dot_f16, keys, q, scale, tile, out);
+}
+
+/// Weighted sums for a tile of queries, one query at a time with this table's [`axpy_f16`].
+fn weighted_sum_f16(values: &[f16], weights: &[f32], tile: &CausalTile, out: &mut [f32]) {
+    super::weighted_sum_per_query(axpy_f16, values, weights, tile, out);
 }
 
 /// GELU (tanh form) in place.

@@ -3,7 +3,7 @@
 //!
 //! This module owns the SIMD twins of [`super::scalar`]'s `quantize_act`, `matmul_q8`,
 //! `matmul_q4`, `dot_f16` and `dot_f32` (the element-wise ops — GELU, softmax, layer norm, axpy — are in the
-//! [`elem`] submodule). Each table entry is a safe wrapper that checks lengths like its scalar
+//! [`elem`] submodule, the attention tiles over the f16 KV cache in [`attn`]). Each table entry is a safe wrapper that checks lengths like its scalar
 //! twin and calls a `#[target_feature]` implementation.
 //!
 //! * `quantize_act` is bit-identical to the scalar one (same division, round-half-to-even,
@@ -16,6 +16,7 @@
 //! * The float dot products use four FMA accumulators over 32 elements, then 8 at a time, then
 //!   a scalar tail.
 
+mod attn;
 mod decode;
 mod elem;
 mod packed;
@@ -50,6 +51,8 @@ pub(super) unsafe fn ops() -> Ops {
         add_assign: elem::add_assign,
         axpy: elem::axpy,
         axpy_f16: elem::axpy_f16,
+        scores_f16: attn::scores_f16,
+        weighted_sum_f16: attn::weighted_sum_f16,
     }
 }
 

@@ -1,5 +1,6 @@
 //! aarch64 NEON kernels: activation quantisation and the q8/q4/f16/f32 dot products.
-//! The element-wise ops (GELU, softmax, layer norm, axpy) live in the [`elem`] submodule.
+//! The element-wise ops (GELU, softmax, layer norm, axpy) live in the [`elem`] submodule, the
+//! attention tiles over the f16 KV cache in [`attn`].
 //!
 //! NEON is part of the aarch64 baseline, so [`ops`] always returns a NEON table; it picks the
 //! integer dot products by CPU:
@@ -17,6 +18,7 @@
 //! This module owns only the SIMD code; lengths are checked by the safe wrappers with the same
 //! asserts as the [`scalar`](super::scalar) twins, which are the reference in the tests below.
 
+mod attn;
 mod decode;
 mod elem;
 mod packed;
@@ -77,6 +79,8 @@ fn float_ops() -> Ops {
         add_assign: elem::add_assign,
         axpy: elem::axpy,
         axpy_f16: elem::axpy_f16,
+        scores_f16: attn::scores_f16,
+        weighted_sum_f16: attn::weighted_sum_f16,
         ..super::scalar::ops()
     }
 }
