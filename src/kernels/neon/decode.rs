@@ -413,11 +413,15 @@ pub(super) unsafe fn matvec<K: RowDot>(
             let ptrs: [[*const K::W; 4]; 2] =
                 std::array::from_fn(|g| std::array::from_fn(|r| row(4 * g + r)));
             let dots = self::rows::<K, 2>(ptrs, &prepared, nb);
-            let mut lanes = [0f32; ROWS];
-            vst1q_f32(lanes.as_mut_ptr(), dots[0]);
-            vst1q_f32(lanes.as_mut_ptr().add(4), dots[1]);
-            for (k, &v) in lanes.iter().enumerate().take(rows - r0) {
-                out[t * rows + r0 + k] = v;
+            let dst = &mut out[t * rows + r0..][..ROWS.min(rows - r0)];
+            if let Ok(dst) = <&mut [f32; ROWS]>::try_from(&mut *dst) {
+                vst1q_f32(dst.as_mut_ptr(), dots[0]);
+                vst1q_f32(dst.as_mut_ptr().add(4), dots[1]);
+            } else {
+                let mut lanes = [0f32; ROWS];
+                vst1q_f32(lanes.as_mut_ptr(), dots[0]);
+                vst1q_f32(lanes.as_mut_ptr().add(4), dots[1]);
+                dst.copy_from_slice(&lanes[..dst.len()]);
             }
         }
     }

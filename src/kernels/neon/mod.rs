@@ -556,6 +556,18 @@ mod tests {
     }
 
     #[test]
+    fn batch_preparation_fits_the_scratch_every_table_is_given() {
+        for n in packed::MIN_TOKENS..200 {
+            for nb in 1..300 {
+                assert!(
+                    packed::prepared_lanes(n, nb) <= crate::kernels::prepared_len(n, nb),
+                    "{n} tokens of {nb} blocks"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn detected_path_matches_qemu_cpu() {
         let path = ops().path;
         match std::env::var("GPT2Q_EXPECT_CPU").as_deref() {
