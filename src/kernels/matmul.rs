@@ -311,11 +311,12 @@ fn task_rows(w: &Matrix<'_>, n: usize) -> usize {
         return w.rows.max(1);
     }
     // A batch works in larger tasks: each one converts its activations' per-block terms and
-    // packs its weights once. Multiples of `GROUP_ROWS` keep the SIMD kernels' row groups whole.
-    let tasks_per_thread = if n == 1 { 16 } else { 4 };
+    // packs its weights once. Multiples of `GROUP_ROWS` keep the batch kernels' row groups
+    // whole; one token's rows go eight at a time, finer for the threads to share.
+    let (tasks_per_thread, group) = if n == 1 { (16, 8) } else { (4, GROUP_ROWS) };
     ROWS_PER_TASK
         .max(w.rows / (threads * tasks_per_thread))
-        .next_multiple_of(GROUP_ROWS)
+        .next_multiple_of(group)
 }
 
 /// Runs `f(tile, outputs)` over tasks of [`task_rows`] rows of `w` (outputs `tile.rows · n`
