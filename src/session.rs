@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::attention::{self, Heads};
 use crate::error::{Error, Result};
 use crate::format::{Activation, HParams};
-use crate::kernels::{self, MatmulScratch};
+use crate::kernels::{self, MatmulScratch, Then};
 use crate::kv_cache::{KvCache, KvType};
 use crate::machine;
 use crate::model::{Block, Model, Norm};
@@ -28,8 +28,6 @@ struct Scratch {
     qkv: Vec<f32>,
     /// Attention output before projection, `(batch, n_embd)`.
     attn: Vec<f32>,
-    /// A projection's output, `(batch, n_embd)`.
-    proj: Vec<f32>,
     /// MLP hidden layer, `(batch, n_inner)`.
     hidden: Vec<f32>,
     /// Attention scores and weights: a row of `capacity` per query of a batch (rounded up to
@@ -43,7 +41,7 @@ struct Scratch {
 
 /// Sizes of the scratch buffers for one configuration, in elements.
 struct ScratchDims {
-    /// `x`, `xn`, `attn` and `proj` each.
+    /// `x`, `xn` and `attn` each.
     embd: usize,
     qkv: usize,
     hidden: usize,
@@ -75,7 +73,7 @@ impl ScratchDims {
 
     /// Bytes the buffers take (must agree with [`Scratch::byte_len`]).
     fn byte_len(&self) -> usize {
-        let floats = 4 * self.embd + self.qkv + self.hidden + self.scores + self.logits;
+        let floats = 3 * self.embd + self.qkv + self.hidden + self.scores + self.logits;
         let (cols, rows, tokens) = self.matmul;
         floats * std::mem::size_of::<f32>() + MatmulScratch::byte_len_for(cols, rows, tokens)
     }
@@ -90,7 +88,6 @@ impl Scratch {
             xn: vec![0.0; d.embd],
             qkv: vec![0.0; d.qkv],
             attn: vec![0.0; d.embd],
-            proj: vec![0.0; d.embd],
             hidden: vec![0.0; d.hidden],
             scores: vec![0.0; d.scores],
             logits: vec![0.0; d.logits],
@@ -103,7 +100,6 @@ impl Scratch {
             + self.xn.len()
             + self.qkv.len()
             + self.attn.len()
-            + self.proj.len()
             + self.hidden.len()
             + self.scores.len()
             + self.logits.len();
@@ -610,6 +606,7 @@ fn self_attention(
         n,
         &mut s.qkv[..n * 3 * e],
         &mut s.matmul,
+        Then::Store,
     );
     for t in 0..n {
         let qkv = &s.qkv[t * 3 * e..(t + 1) * 3 * e];
@@ -635,10 +632,10 @@ fn self_attention(
         b.attn_proj.bias,
         &s.attn[..n * e],
         n,
-        &mut s.proj[..n * e],
+        &mut s.x[..n * e],
         &mut s.matmul,
+        Then::Add,
     );
-    kernels::add_assign(&mut s.x[..n * e], &s.proj[..n * e]);
 }
 
 /// Layer norm of each `n_embd`-wide row of `x` into `out` (a batch's rows in parallel).
@@ -677,21 +674,21 @@ fn mlp(
         n,
         hidden,
         &mut s.matmul,
+        match hp.activation {
+            Activation::GeluTanh => Then::GeluTanh,
+            Activation::GeluErf => Then::GeluErf,
+        },
     );
-    match hp.activation {
-        Activation::GeluTanh => kernels::gelu_tanh(hidden),
-        Activation::GeluErf => kernels::gelu_erf(hidden),
-    }
     observe(MatrixInput::MlpProj(layer), hidden);
     kernels::linear_batch(
         &b.mlp_proj.weight,
         b.mlp_proj.bias,
         hidden,
         n,
-        &mut s.proj[..n * e],
+        &mut s.x[..n * e],
         &mut s.matmul,
+        Then::Add,
     );
-    kernels::add_assign(&mut s.x[..n * e], &s.proj[..n * e]);
 }
 
 #[cfg(test)]

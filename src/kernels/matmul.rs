@@ -1,13 +1,14 @@
 //! Matrix products over the dispatch table: activation quantisation and preparation once per
 //! product, row tiles in parallel (rayon), a batch's rows kept in cache while every token passes,
 //! and the moves from the kernels' outputs (`(rows, tokens)`, or `(tokens, rows)` per task) to the
-//! callers' `(tokens, rows)`.
+//! callers' `(tokens, rows)`, which also add a linear layer's bias and apply what follows it
+//! ([`Then`]: GELU, or the residual add) while the values are in cache.
 
 use rayon::prelude::*;
 
 use std::mem::{size_of, size_of_val};
 
-use super::{add_assign, ops, prepared_len, MatmulFn, Ops, OutLayout, PrepLane};
+use super::{ops, prepared_len, MatmulFn, Ops, OutLayout, PrepLane};
 use crate::quant::{BlockQ8Act, QK};
 use crate::tensor::{Matrix, SplitMatrix, Weights};
 
@@ -58,6 +59,67 @@ const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 /// its scheduling, and for a batch, small enough to stay in L1/L2 while every token uses them.
 const ROWS_PER_TASK: usize = 16;
 
+/// What [`linear_batch`] does with each output value `W · x + b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// `y = W · x + b`.
+    Store,
+    /// `y = gelu_tanh(W · x + b)` (GPT-2's MLP, `gelu_new`).
+    GeluTanh,
+    /// `y = gelu_erf(W · x + b)`.
+    GeluErf,
+    /// `y += W · x + b` (a residual connection: `y` is the residual stream).
+    Add,
+}
+
+/// A linear layer's bias and what follows it, applied to a product's output on its way to `y`.
+#[derive(Clone, Copy)]
+struct Epilogue<'a> {
+    bias: &'a [f32],
+    then: Then,
+}
+
+impl Epilogue<'_> {
+    /// Columns `c..c + src.len()` of one token's output: `src` is the product, `dst` the row's
+    /// slice of `y`.
+    fn apply(&self, ops: &Ops, c: usize, src: &[f32], dst: &mut [f32]) {
+        if self.then == Then::Add {
+            let b = &self.bias[c..c + src.len()];
+            for ((d, s), b) in dst.iter_mut().zip(src).zip(b) {
+                *d += s + b;
+            }
+        } else {
+            dst.copy_from_slice(src);
+            self.finish(ops, c, dst);
+        }
+    }
+
+    /// Columns `c..c + y.len()` of one token's output, in place, for everything but
+    /// [`Then::Add`] (which needs the product apart from `y`).
+    fn finish(&self, ops: &Ops, c: usize, y: &mut [f32]) {
+        (ops.add_assign)(y, &self.bias[c..c + y.len()]);
+        match self.then {
+            Then::GeluTanh => (ops.gelu_tanh)(y),
+            Then::GeluErf => super::scalar::gelu_erf(y),
+            Then::Store | Then::Add => {}
+        }
+    }
+}
+
+/// [`Epilogue::finish`] over every `rows`-wide token row of `y`, 16 tokens per parallel task.
+fn finish_rows(ops: &Ops, epi: &Epilogue<'_>, rows: usize, y: &mut [f32]) {
+    const TOKENS: usize = 16;
+    let tokens = |ys: &mut [f32]| {
+        ys.chunks_exact_mut(rows)
+            .for_each(|y| epi.finish(ops, 0, y))
+    };
+    if y.len() < PARALLEL_MIN_WEIGHTS {
+        tokens(y);
+    } else {
+        y.par_chunks_mut(TOKENS * rows).for_each(tokens);
+    }
+}
+
 /// `y[t] = W · x[t]` for `n` tokens: `x` is `(n, w.cols)` and `y` is `(n, w.rows)`, row-major.
 pub fn matmul(w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut MatmulScratch) {
     matmul_with(ops(), w, x, n, y, scratch);
@@ -86,7 +148,7 @@ pub fn matmul_split(
     y: &mut [f32],
     scratch: &mut MatmulScratch,
 ) {
-    matmul_parts(ops(), w.head.as_ref(), &w.tail, x, n, y, scratch);
+    matmul_parts(ops(), (w.head.as_ref(), &w.tail), x, n, y, scratch, None);
 }
 
 /// [`matmul`] with a given table of operations (benchmarks compare SIMD with scalar this way).
@@ -98,18 +160,19 @@ pub fn matmul_with(
     y: &mut [f32],
     scratch: &mut MatmulScratch,
 ) {
-    matmul_parts(ops, None, w, x, n, y, scratch);
+    matmul_parts(ops, (None, w), x, n, y, scratch, None);
 }
 
-/// The product of the matrix whose rows are `head`'s (if any) then `tail`'s with `n` tokens.
+/// The product of the matrix whose rows are `head`'s (if any) then `tail`'s with `n` tokens,
+/// through `epi` if given (else stored as it is).
 fn matmul_parts(
     ops: &Ops,
-    head: Option<&Matrix<'_>>,
-    tail: &Matrix<'_>,
+    (head, tail): (Option<&Matrix<'_>>, &Matrix<'_>),
     x: &[f32],
     n: usize,
     y: &mut [f32],
     scratch: &mut MatmulScratch,
+    epi: Option<Epilogue<'_>>,
 ) {
     let cols = tail.cols;
     let head_rows = head.map_or(0, |h| h.rows);
@@ -148,7 +211,10 @@ fn matmul_parts(
     // kernels lay out a call's output token-major, `(n, task rows)` per task. One token's output
     // is `y` itself in both layouts, and so is a token-major product made by one task.
     let token_major = ops.out_layout == OutLayout::TokenMajor;
-    let direct = n == 1 || (token_major && head.is_none() && task_rows(tail, n) >= tail.rows);
+    // `y += …` needs the product apart from `y`.
+    let adds = epi.is_some_and(|e| e.then == Then::Add);
+    let direct =
+        !adds && (n == 1 || (token_major && head.is_none() && task_rows(tail, n) >= tail.rows));
     let out = if direct {
         &mut *y
     } else {
@@ -159,21 +225,32 @@ fn matmul_parts(
         matmul_part(ops, h, x, (act, &mut *prep), n, out_head);
     }
     matmul_part(ops, tail, x, (act, prep), n, out_tail);
-    if !direct {
-        let out_t = &scratch.out_t[..n * rows];
-        if token_major {
-            let parts = [head, Some(tail)].map(|p| p.map_or((0, 1), |m| (m.rows, task_rows(m, n))));
-            gather_tasks(out_t, parts, n, y);
-        } else {
-            transpose(out_t, rows, n, y);
+    if direct {
+        if let Some(epi) = &epi {
+            finish_rows(ops, epi, rows, y);
         }
+        return;
+    }
+    let out_t = &scratch.out_t[..n * rows];
+    let epi = epi.as_ref().map(|e| (ops, e));
+    if token_major {
+        let parts = [head, Some(tail)].map(|p| p.map_or((0, 1), |m| (m.rows, task_rows(m, n))));
+        gather_tasks(out_t, parts, n, y, epi);
+    } else {
+        transpose(out_t, rows, n, y, epi);
     }
 }
 
 /// `y` `(n, rows)` from the parts' outputs one after the other, each made of tasks of
 /// `(part rows, rows per task)` whose outputs are `(n, task rows)`: per token, each task's run
-/// of outputs is copied into place, 16 tokens per parallel task.
-fn gather_tasks(y_t: &[f32], parts: [(usize, usize); 2], n: usize, y: &mut [f32]) {
+/// of outputs is copied into place (through `epi`, if given), 16 tokens per parallel task.
+fn gather_tasks(
+    y_t: &[f32],
+    parts: [(usize, usize); 2],
+    n: usize,
+    y: &mut [f32],
+    epi: Option<(&Ops, &Epilogue<'_>)>,
+) {
     const TOKENS: usize = 16;
     let rows = parts[0].0 + parts[1].0;
     let tokens = |(i, ys): (usize, &mut [f32])| {
@@ -186,7 +263,11 @@ fn gather_tasks(y_t: &[f32], parts: [(usize, usize); 2], n: usize, y: &mut [f32]
                 let c = col + j * task;
                 let runs = out[t0 * len..].chunks_exact(len);
                 for (run, dst) in runs.zip(ys.chunks_exact_mut(rows)) {
-                    dst[c..c + len].copy_from_slice(run);
+                    let dst = &mut dst[c..c + len];
+                    match epi {
+                        Some((ops, e)) => e.apply(ops, c, run, dst),
+                        None => dst.copy_from_slice(run),
+                    }
                 }
             }
             (src, col) = (rest, col + part_rows);
@@ -201,19 +282,36 @@ fn gather_tasks(y_t: &[f32], parts: [(usize, usize); 2], n: usize, y: &mut [f32]
 
 /// `y` `(n, rows)` from `y_t` `(rows, n)`, 16 tokens per parallel task and 16 × 16 tiles within
 /// it, so that the cache lines read or written are used whole while they are in L1 (one token at a
-/// time, on one thread, took 7% of a prefill at one thread and more at two).
-fn transpose(y_t: &[f32], rows: usize, n: usize, y: &mut [f32]) {
+/// time, on one thread, took 7% of a prefill at one thread and more at two); through `epi`, if
+/// given, once a task's tokens are in place.
+fn transpose(
+    y_t: &[f32],
+    rows: usize,
+    n: usize,
+    y: &mut [f32],
+    epi: Option<(&Ops, &Epilogue<'_>)>,
+) {
     const TILE: usize = 16;
+    let add_bias = epi.and_then(|(_, e)| (e.then == Then::Add).then_some(e.bias));
     let tokens = |(i, ys): (usize, &mut [f32])| {
         let t0 = i * TILE;
         for r0 in (0..rows).step_by(TILE) {
             let r1 = (r0 + TILE).min(rows);
             // Contiguous stores, strided loads: the store buffer drains a line at a time.
             for (k, y) in ys.chunks_exact_mut(rows).enumerate() {
-                for (r, v) in (r0..r1).zip(&mut y[r0..r1]) {
-                    *v = y_t[r * n + t0 + k];
+                let values = (r0..r1).map(|r| y_t[r * n + t0 + k]);
+                match add_bias {
+                    Some(b) => {
+                        for ((v, p), b) in y[r0..r1].iter_mut().zip(values).zip(&b[r0..r1]) {
+                            *v += p + b;
+                        }
+                    }
+                    None => y[r0..r1].iter_mut().zip(values).for_each(|(v, p)| *v = p),
                 }
             }
+        }
+        if let Some((ops, e)) = epi.filter(|(_, e)| e.then != Then::Add) {
+            ys.chunks_exact_mut(rows).for_each(|y| e.finish(ops, 0, y));
         }
     };
     if rows * n < PARALLEL_MIN_WEIGHTS {
@@ -340,7 +438,10 @@ fn rows_parallel(
         });
 }
 
-/// `y[t] = W · x[t] + b` for `n` tokens.
+/// `y[t] = W · x[t] + b` for `n` tokens, then what `then` says (GELU, or added into `y`); the
+/// bias and `then` are applied as the product's output moves into place, not in passes of
+/// their own.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_batch(
     w: &Matrix<'_>,
     b: &[f32],
@@ -348,24 +449,102 @@ pub fn linear_batch(
     n: usize,
     y: &mut [f32],
     scratch: &mut MatmulScratch,
+    then: Then,
 ) {
     assert_eq!(b.len(), w.rows, "linear: bias length");
-    matmul(w, x, n, y, scratch);
-    for row in y.chunks_exact_mut(w.rows) {
-        add_assign(row, b);
-    }
+    let epi = Epilogue { bias: b, then };
+    matmul_parts(ops(), (None, w), x, n, y, scratch, Some(epi));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mmap::{self, ModelFile};
+    use crate::quant::{encode_tensor, DType};
+    use crate::rng::Rng;
+
+    fn matrix(file: &ModelFile, dtype: DType, rows: usize, cols: usize) -> Matrix<'_> {
+        let b = file.bytes();
+        let w = match dtype {
+            DType::Q8 => Weights::Q8(mmap::as_q8(b).unwrap()),
+            DType::Q4 => Weights::Q4(mmap::as_q4(b).unwrap()),
+            _ => Weights::F32(mmap::as_f32(b).unwrap()),
+        };
+        Matrix::new(rows, cols, w).unwrap()
+    }
+
+    /// `W · x + b` and what follows it, applied as the output moves into place, equal what the
+    /// separate passes give (the plain product, then the bias, GELU or the residual add), for
+    /// every table, on one and two threads (one task written in place, tasks gathered or
+    /// transposed), one token and batches with leftover tiles.
+    #[test]
+    fn linear_epilogues_equal_separate_passes() {
+        let (rows, cols) = (96, 128);
+        let mut rng = Rng::new(11);
+        let bias = rng.floats(rows, 1.0);
+        for dtype in [DType::Q8, DType::Q4, DType::F32] {
+            let file =
+                ModelFile::from_bytes(&encode_tensor(dtype, &rng.floats(rows * cols, 0.1), cols));
+            let w = matrix(&file, dtype, rows, cols);
+            for ops in super::super::tables() {
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    for n in [1, 3, 20, 37] {
+                        let x = rng.floats(n * cols, 1.0);
+                        let residual = rng.floats(n * rows, 1.0);
+                        let mut scratch = MatmulScratch::new(cols, rows, n);
+                        let mut plain = vec![0f32; n * rows];
+                        pool.install(|| matmul_with(&ops, &w, &x, n, &mut plain, &mut scratch));
+                        for then in [Then::Store, Then::GeluTanh, Then::GeluErf, Then::Add] {
+                            let mut want = residual.clone();
+                            for (t, y) in want.chunks_exact_mut(rows).enumerate() {
+                                let p = &plain[t * rows..(t + 1) * rows];
+                                let mut z: Vec<f32> =
+                                    p.iter().zip(&bias).map(|(p, b)| p + b).collect();
+                                match then {
+                                    Then::Add => y
+                                        .iter_mut()
+                                        .zip(p.iter().zip(&bias))
+                                        .for_each(|(y, (p, b))| *y += p + b),
+                                    Then::GeluTanh => {
+                                        (ops.gelu_tanh)(&mut z);
+                                        y.copy_from_slice(&z)
+                                    }
+                                    Then::GeluErf => {
+                                        super::super::scalar::gelu_erf(&mut z);
+                                        y.copy_from_slice(&z)
+                                    }
+                                    Then::Store => y.copy_from_slice(&z),
+                                }
+                            }
+                            let mut got = residual.clone();
+                            let epi = Some(Epilogue { bias: &bias, then });
+                            pool.install(|| {
+                                matmul_parts(&ops, (None, &w), &x, n, &mut got, &mut scratch, epi)
+                            });
+                            assert_eq!(
+                                got,
+                                want,
+                                "{} {} t={threads} n={n} {then:?}",
+                                dtype.name(),
+                                ops.path.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn transpose_moves_every_element_once() {
         for (rows, n) in [(1, 2), (16, 16), (37, 21), (3, 130)] {
             let y_t: Vec<f32> = (0..rows * n).map(|i| i as f32).collect();
             let mut y = vec![-1.0; rows * n];
-            transpose(&y_t, rows, n, &mut y);
+            transpose(&y_t, rows, n, &mut y, None);
             for r in 0..rows {
                 for t in 0..n {
                     assert_eq!(y[t * rows + r], y_t[r * n + t], "{rows}x{n} [{r},{t}]");

@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-pub use matmul::{linear_batch, matmul, matmul_split, matmul_with, MatmulScratch};
+pub use matmul::{linear_batch, matmul, matmul_split, matmul_with, MatmulScratch, Then};
 
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
 use crate::tensor::{Matrix, SplitMatrix};
