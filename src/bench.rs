@@ -42,6 +42,10 @@ pub struct Measurement {
     /// with another worker), or its CPU ran slower (frequency, or a busy SMT sibling on a
     /// virtual machine's host).
     pub worker_speed: Vec<WorkerSpeed>,
+    /// Streaming-read bandwidth in GB/s measured just before each counted decode repeat (empty
+    /// without a [`BandwidthProbe`]). On a shared host the bandwidth a machine gets can change
+    /// from one second to the next, and a decode that streams its weights changes with it.
+    pub decode_membw_gbs: Vec<f64>,
 }
 
 /// One pool thread's result in [`Measurement::worker_speed`].
@@ -126,13 +130,13 @@ pub struct CacheSpec {
 
 /// Runs pp (`prompt` tokens in one prefill) and tg (`gen` single-token steps from an empty
 /// cache) `repeats` times after one uncounted warm-up, on the current rayon pool, in a session
-/// sized by `cache`. `progress(repeat)` is called before each counted repeat.
+/// sized by `cache`. `progress(repeat)` is called before each counted repeat; `probe`, if given,
+/// measures the memory bandwidth before each counted decode repeat.
 pub fn measure(
     model: &Model<'_>,
-    prompt: usize,
-    gen: usize,
-    repeats: usize,
+    (prompt, gen, repeats): (usize, usize, usize),
     cache: CacheSpec,
+    probe: Option<&BandwidthProbe>,
     mut progress: impl FnMut(usize),
 ) -> Result<Measurement> {
     if prompt == 0 && gen == 0 {
@@ -159,6 +163,7 @@ pub fn measure(
         ttft_ms: Vec::new(),
         activity: machine::Activity::default(),
         worker_speed: Vec::new(),
+        decode_membw_gbs: Vec::new(),
     };
     let speed_before = worker_speeds();
     let mut start_activity = machine::Activity::default();
@@ -181,6 +186,9 @@ pub fn measure(
             }
         }
         if gen > 0 {
+            if let Some(p) = probe.filter(|_| counted) {
+                m.decode_membw_gbs.push(p.measure());
+            }
             session.reset();
             let start = Instant::now();
             for &tok in &tokens[..gen] {
@@ -206,33 +214,61 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64().max(1e-9)
 }
 
-/// Streaming-read bandwidth in GB/s on the current rayon pool: the best of several passes
-/// summing a buffer of `bytes` (much larger than the caches, on huge pages like the weights),
-/// split across the pool's threads.
+/// Streaming-read bandwidth in GB/s on the current rayon pool: the best of four passes (after a
+/// warm-up) summing a buffer of `bytes` (much larger than the caches, on huge pages like the
+/// weights), split across the pool's threads.
 pub fn memory_bandwidth(bytes: usize) -> f64 {
-    let map = crate::mmap::huge_page_buffer(bytes / 8 * 8, 1).ok();
-    match map.as_deref().and_then(crate::mmap::as_u64) {
-        Some(words) => streaming_best(words, bytes),
-        None => streaming_best(&vec![1u64; bytes / 8], bytes),
-    }
+    let probe = BandwidthProbe::new(bytes);
+    probe.pass();
+    (0..4).map(|_| probe.pass()).fold(0f64, f64::max)
 }
 
-/// The best of four timed passes (after one warm-up) summing `words` across the pool.
-fn streaming_best(words: &[u64], bytes: usize) -> f64 {
-    use rayon::prelude::*;
-    let threads = rayon::current_num_threads();
-    let chunk = words.len().div_ceil(threads);
-    let mut best = 0f64;
-    for pass in 0..4 {
+/// A buffer for measuring the memory bandwidth again and again during a benchmark: allocated and
+/// touched once, then each [`BandwidthProbe::measure`] streams it.
+pub struct BandwidthProbe {
+    map: Option<memmap2::MmapMut>,
+    fallback: Vec<u64>,
+}
+
+impl BandwidthProbe {
+    /// A probe over `bytes` bytes (on huge pages where the OS offers them).
+    pub fn new(bytes: usize) -> Self {
+        let map = crate::mmap::huge_page_buffer(bytes / 8 * 8, 1).ok();
+        let fallback = if map.is_some() {
+            Vec::new()
+        } else {
+            vec![1u64; bytes / 8]
+        };
+        BandwidthProbe { map, fallback }
+    }
+
+    /// Bytes held.
+    pub fn byte_len(&self) -> usize {
+        self.words().len() * 8
+    }
+
+    fn words(&self) -> &[u64] {
+        self.map
+            .as_deref()
+            .and_then(crate::mmap::as_u64)
+            .unwrap_or(&self.fallback)
+    }
+
+    /// GB/s now on the current rayon pool: the better of two passes.
+    pub fn measure(&self) -> f64 {
+        self.pass().max(self.pass())
+    }
+
+    /// One timed pass summing the buffer across the pool, in GB/s.
+    fn pass(&self) -> f64 {
+        use rayon::prelude::*;
+        let words = self.words();
+        let chunk = words.len().div_ceil(rayon::current_num_threads()).max(1);
         let t = Instant::now();
         let total: u64 = words.par_chunks(chunk).map(sum_words).sum();
         std::hint::black_box(total);
-        let gbs = bytes as f64 / secs(t.elapsed()) / 1e9;
-        if pass > 0 {
-            best = best.max(gbs);
-        }
+        (words.len() * 8) as f64 / secs(t.elapsed()) / 1e9
     }
-    best
 }
 
 /// Sum with eight independent lanes so the loop streams at full speed.
@@ -254,6 +290,13 @@ fn sum_words(w: &[u64]) -> u64 {
 pub fn bandwidth_buffer_bytes() -> usize {
     let total = machine::memory_bytes().unwrap_or(4 << 30);
     (total / 8).clamp(32 << 20, 256 << 20)
+}
+
+/// The size of a [`BandwidthProbe`] kept during the repeats: a quarter of
+/// [`bandwidth_buffer_bytes`] (64 MiB, twice the largest L3 of a desktop CPU's core complex;
+/// 16 MiB on a Pi, whose L2 is 1–2 MiB), so each probe takes milliseconds.
+pub fn probe_buffer_bytes() -> usize {
+    (bandwidth_buffer_bytes() / 4).max(16 << 20)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gpt2q::bench::{self, CacheSpec, Measurement};
+use gpt2q::bench::{self, BandwidthProbe, CacheSpec, Measurement};
 use gpt2q::kernels;
 use gpt2q::kv_cache::KvType;
 use gpt2q::machine::{self, HugePages, Machine};
@@ -91,8 +91,24 @@ impl Row {
         self.weight_bytes as f64 * self.decode() / 1e9
     }
 
+    /// The memory bandwidth decode had: the median of the probes before its repeats, else the
+    /// one measured before the run.
+    fn decode_membw(&self) -> f64 {
+        match self.m.decode_membw_gbs.as_slice() {
+            [] => self.membw_gbs,
+            v => bench::median(v),
+        }
+    }
+
+    /// The slowest probe before a decode repeat over the fastest (1 = the bandwidth held still).
+    fn decode_membw_ratio(&self) -> Option<f64> {
+        let v = &self.m.decode_membw_gbs;
+        let (min, max) = (probe(v, Probe::Min)?, probe(v, Probe::Max)?);
+        (v.len() > 1 && max > 0.0).then(|| min / max)
+    }
+
     fn roofline_pct(&self) -> f64 {
-        100.0 * self.achieved_gbs() / self.membw_gbs.max(1e-9)
+        100.0 * self.achieved_gbs() / self.decode_membw().max(1e-9)
     }
 
     fn huge_pct(&self) -> Option<f64> {
@@ -139,6 +155,10 @@ impl Row {
 /// Below this speed relative to one thread alone, a worker's CPU was shared or slower.
 const SLOW_WORKER: f64 = 0.8;
 
+/// Below this ratio of the slowest bandwidth probe to the fastest during one configuration's
+/// decode repeats, the machine's memory bandwidth moved under the measurement.
+const MEMBW_MOVED: f64 = 0.85;
+
 /// Below this share of the weights on huge pages, decode reads them measurably slower.
 const HUGE_PAGES_WARN_PCT: f64 = 90.0;
 /// Above this share of the CPUs used by other processes (or stolen by the hypervisor) during a
@@ -165,21 +185,30 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let files = model_files(&args)?;
-    // Peak RSS from here on: the runs, not the bandwidth buffer or building synthetic files.
+    let probe = BandwidthProbe::new(bench::probe_buffer_bytes());
+    // Peak RSS from here on: the runs, not the bandwidth buffer or building synthetic files
+    // (the probe's buffer is subtracted where it is reported).
     machine::reset_peak_rss();
     let mut rows = Vec::new();
     for (label, path, temp) in files {
-        let result = bench_file(&args, &label, &path, &threads, &membw, &mut rows);
+        let result = bench_file(
+            &args,
+            (&label, &path),
+            &threads,
+            (&membw, &probe),
+            &mut rows,
+        );
         if temp {
             let _ = std::fs::remove_file(&path);
         }
         result?;
     }
     let after = Machine::probe();
+    let peak_rss = machine::peak_rss_bytes().map(|b| b.saturating_sub(probe.byte_len()));
     match args.format.as_str() {
-        "json" => print_json(&before, &after, &rows),
+        "json" => print_json((&before, &after), peak_rss, &rows),
         "csv" => print_csv(&rows),
-        _ => print_table(&before, &after, &rows),
+        _ => print_table((&before, &after), peak_rss, &rows),
     }
 }
 
@@ -257,10 +286,9 @@ fn progress(msg: &str) {
 
 fn bench_file(
     args: &Args,
-    label: &str,
-    path: &std::path::Path,
+    (label, path): (&str, &std::path::Path),
     threads: &[usize],
-    membw: &[(usize, f64)],
+    (membw, probe): (&[(usize, f64)], &BandwidthProbe),
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     let start = Instant::now();
@@ -274,7 +302,8 @@ fn bench_file(
                 ctx: args.ctx,
                 kv: args.kv,
             };
-            bench::measure(&model, args.n_prompt, args.n_gen, args.repeat, cache, |r| {
+            let counts = (args.n_prompt, args.n_gen, args.repeat);
+            bench::measure(&model, counts, cache, Some(probe), |r| {
                 progress(&format!("{label} {quant} t={t} repeat {r}/{}", args.repeat))
             })
         })?;
@@ -361,7 +390,7 @@ fn conditions_line(r: &Row) -> String {
             })
             .collect();
     format!(
-        "{} {} t={}{}: weights {} on huge pages; during the repeats other processes used {} of the CPUs, the hypervisor stole {}, this process kept {} CPUs busy; {} involuntary context switches, {} migrations; workers' speed over one thread alone: {}",
+        "{} {} t={}{}: weights {} on huge pages; during the repeats other processes used {} of the CPUs, the hypervisor stole {}, this process kept {} CPUs busy; {} involuntary context switches, {} migrations; workers' speed over one thread alone: {}; memory bandwidth before each decode repeat: {}",
         r.model,
         r.quant,
         r.m.threads,
@@ -373,7 +402,40 @@ fn conditions_line(r: &Row) -> String {
         count(a.involuntary_switches),
         count(a.migrations),
         workers.join(", "),
+        probes_cell(&r.m.decode_membw_gbs),
     )
+}
+
+/// Which summary of bandwidth probes [`probe`] gives.
+#[derive(Clone, Copy)]
+enum Probe {
+    Median,
+    Min,
+    Max,
+}
+
+/// The median, slowest or fastest of bandwidth probes (`None` without any).
+fn probe(v: &[f64], which: Probe) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    Some(match which {
+        Probe::Median => bench::median(v),
+        Probe::Min => v.iter().copied().fold(f64::INFINITY, f64::min),
+        Probe::Max => v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    })
+}
+
+/// "median (min – max) GB/s" of bandwidth probes, or "n/a".
+fn probes_cell(v: &[f64]) -> String {
+    match (
+        probe(v, Probe::Median),
+        probe(v, Probe::Min),
+        probe(v, Probe::Max),
+    ) {
+        (Some(m), Some(lo), Some(hi)) => format!("{m:.1} ({lo:.1} – {hi:.1}) GB/s"),
+        _ => "n/a".to_string(),
+    }
 }
 
 /// Warnings for what makes a row's numbers not the machine's clean speed.
@@ -391,6 +453,10 @@ fn condition_warnings(r: &Row) -> Vec<String> {
     if let Some(s) = r.slowest_worker().filter(|&s| s < SLOW_WORKER) {
         w.push(format!("WARNING: a t={} worker ran a fixed loop at {:.0}% of one thread's speed alone: its CPU was shared or ran slower (another process, or on a virtual machine a busy sibling on the host)", r.m.threads, 100.0 * s));
     }
+    if let Some(ratio) = r.decode_membw_ratio().filter(|&q| q < MEMBW_MOVED) {
+        let max = probe(&r.m.decode_membw_gbs, Probe::Max).unwrap_or(0.0);
+        w.push(format!("WARNING: the memory bandwidth moved between {:.1} and {max:.1} GB/s during the t={} decode repeats (the machine's, not this program's: on a shared host other tenants' traffic or the hypervisor changes it); decode, which streams the weights, moves with it", max * ratio, r.m.threads));
+    }
     let busy = r.others_pct().unwrap_or(0.0) + r.steal_pct().unwrap_or(0.0);
     if busy > CONTENDED_PCT {
         w.push(format!("WARNING: other work took {busy:.0}% of the CPUs during the t={} repeats; these numbers are contended", r.m.threads));
@@ -407,7 +473,11 @@ fn throttle_warning(before: &Machine, after: &Machine) -> Option<String> {
     })
 }
 
-fn print_table(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
+fn print_table(
+    (before, after): (&Machine, &Machine),
+    peak_rss: Option<usize>,
+    rows: &[Row],
+) -> Result<()> {
     outln!("machine: {}", machine_line(before));
     if let (Some(a), Some(b)) = (before.temperature_c, after.temperature_c) {
         outln!("temperature: {a:.1} °C before, {b:.1} °C after");
@@ -433,7 +503,7 @@ fn print_table(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
             bench::percentile(&r.m.step_ms, 99.0),
             bench::median(&r.m.ttft_ms),
             r.achieved_gbs(),
-            r.membw_gbs,
+            r.decode_membw(),
             r.roofline_pct(),
             r.load_ms,
         );
@@ -445,7 +515,7 @@ fn print_table(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
     for w in rows.iter().flat_map(condition_warnings) {
         outln!("{w}");
     }
-    if let (Some(r), Some(rss)) = (rows.first(), machine::peak_rss_bytes()) {
+    if let (Some(r), Some(rss)) = (rows.first(), peak_rss) {
         outln!();
         outln!(
             "pp = {} prompt tokens in one batch; tg = {} decode steps from an empty cache (all logits); ctx {}, KV {}; medians ± half-range over repeats",
@@ -478,7 +548,11 @@ fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("null".to_string(), |v| v.to_string())
 }
 
-fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
+fn print_json(
+    (before, after): (&Machine, &Machine),
+    peak_rss: Option<usize>,
+    rows: &[Row],
+) -> Result<()> {
     let results: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -487,7 +561,7 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
                     "{{\"model\":{},\"quant\":{},\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"ctx\":{},\"kv\":{},",
                     "\"prefill_tok_s\":{:.3},\"prefill_tok_s_spread\":{:.3},\"decode_tok_s\":{:.3},\"decode_tok_s_spread\":{:.3},",
                     "\"ms_per_token_p50\":{:.4},\"ms_per_token_p90\":{:.4},\"ms_per_token_p99\":{:.4},\"ttft_ms\":{:.3},",
-                    "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"roofline_pct\":{:.2},",
+                    "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"decode_membw_gb_s\":[{}],\"roofline_pct\":{:.2},",
                     "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"involuntary_switches\":{},\"migrations\":{},",
                     "\"pinned\":{},\"worker_speed\":[{}]}}"
                 ),
@@ -510,6 +584,11 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
                 r.weight_bytes,
                 r.achieved_gbs(),
                 r.membw_gbs,
+                r.m.decode_membw_gbs
+                    .iter()
+                    .map(|v| format!("{v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 r.roofline_pct(),
                 json_opt(r.huge_pct().map(|v| format!("{v:.2}"))),
                 json_opt(r.others_pct().map(|v| format!("{v:.2}"))),
@@ -543,7 +622,7 @@ fn print_json(before: &Machine, after: &Machine, rows: &[Row]) -> Result<()> {
         json_opt(before.load_average),
         before.governor.as_deref().map_or("null".to_string(), json_str),
         std::process::id(),
-        json_opt(machine::peak_rss_bytes()),
+        json_opt(peak_rss),
         results.join(",")
     );
     Ok(())
@@ -555,7 +634,7 @@ fn print_csv(rows: &[Row]) -> Result<()> {
     let load = machine::load_average();
     for r in rows {
         outln!(
-            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.model.replace(',', " "),
             r.quant,
             r.m.threads,
@@ -582,13 +661,16 @@ fn print_csv(rows: &[Row]) -> Result<()> {
             r.m.activity.migrations.map_or(String::new(), |v| v.to_string()),
             csv_opt(load),
             pid,
+            csv_opt(probe(&r.m.decode_membw_gbs, Probe::Median)),
+            csv_opt(probe(&r.m.decode_membw_gbs, Probe::Min)),
+            csv_opt(probe(&r.m.decode_membw_gbs, Probe::Max)),
         );
     }
     Ok(())
 }
 
 /// The CSV columns, in order (`--rounds` reads its processes' rows by these names).
-const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,own_cpus,slowest_worker,worker_cpus,involuntary_switches,migrations,load_average,pid";
+const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,own_cpus,slowest_worker,worker_cpus,involuntary_switches,migrations,load_average,pid,decode_membw_gb_s,decode_membw_min_gb_s,decode_membw_max_gb_s";
 
 fn csv_opt(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| format!("{v:.2}"))

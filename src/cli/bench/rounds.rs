@@ -1,8 +1,10 @@
 //! `gpt2q bench --rounds N`: the whole measurement in N fresh processes, one after another, each
 //! this same program with the same flags (and CSV output), and a report of each process's
 //! medians and their spread. Within one process the repeats can agree closely while the next
-//! process runs at another speed (where the weights landed in memory, which CPUs the threads
-//! got, what else ran); only fresh processes show that.
+//! process runs at another speed (which CPUs the threads got, what else ran, the memory
+//! bandwidth the host gave the machine at the time); only fresh processes show that. Each
+//! process measures the bandwidth before each decode repeat, and the report says when decode
+//! followed it from one process to the next.
 
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
@@ -15,6 +17,9 @@ use super::{json_opt, json_str, machine_line, progress, Args, CONTENDED_PCT, CSV
 
 /// Below this ratio of the slowest process's decode speed to the fastest's, the report warns.
 const SPREAD_WARN_RATIO: f64 = 0.9;
+/// At or above this correlation between the processes' decode speeds and the bandwidth each
+/// measured during its decode repeats, decode followed the machine's bandwidth.
+const FOLLOWS_BANDWIDTH: f64 = 0.7;
 
 /// One configuration's medians as one process measured them.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +32,8 @@ struct ProcessRow {
     prefill_tok_s: f64,
     decode_tok_s: f64,
     membw_gb_s: f64,
+    /// Median, slowest and fastest bandwidth probe before the process's decode repeats.
+    decode_membw: Option<(f64, f64, f64)>,
     huge_page_pct: Option<f64>,
     others_cpu_pct: Option<f64>,
     steal_pct: Option<f64>,
@@ -171,6 +178,10 @@ fn parse_csv(text: &str, round: usize) -> Result<Vec<ProcessRow>> {
             prefill_tok_s: num("prefill_tok_s")?,
             decode_tok_s: num("decode_tok_s")?,
             membw_gb_s: num("membw_gb_s")?,
+            decode_membw: opt("decode_membw_gb_s")
+                .zip(opt("decode_membw_min_gb_s"))
+                .zip(opt("decode_membw_max_gb_s"))
+                .map(|((m, lo), hi)| (m, lo, hi)),
             huge_page_pct: opt("huge_page_pct"),
             others_cpu_pct: opt("others_cpu_pct"),
             steal_pct: opt("steal_pct"),
@@ -249,6 +260,57 @@ impl Config<'_> {
     fn decode(&self) -> Spread {
         Spread::of(&self.rows.iter().map(|r| r.decode_tok_s).collect::<Vec<_>>())
     }
+
+    /// The processes' median bandwidth during decode, if every process measured it.
+    fn decode_membw(&self) -> Option<Spread> {
+        let v: Option<Vec<f64>> = self
+            .rows
+            .iter()
+            .map(|r| r.decode_membw.map(|b| b.0))
+            .collect();
+        v.filter(|v| !v.is_empty()).map(|v| Spread::of(&v))
+    }
+
+    /// Pearson correlation of the processes' decode speeds with their bandwidth during decode.
+    fn decode_follows_membw(&self) -> Option<f64> {
+        let pairs: Option<Vec<(f64, f64)>> = self
+            .rows
+            .iter()
+            .map(|r| r.decode_membw.map(|b| (r.decode_tok_s, b.0)))
+            .collect();
+        correlation(&pairs?)
+    }
+
+    /// Processes whose bandwidth probes moved by more than [`SPREAD_WARN_RATIO`] allows between
+    /// one decode repeat and the next.
+    fn moved_within(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| {
+                r.decode_membw
+                    .is_some_and(|(_, lo, hi)| hi > 0.0 && lo / hi < SPREAD_WARN_RATIO)
+            })
+            .count()
+    }
+}
+
+/// Pearson's correlation coefficient of the pairs (`None` for fewer than three, or when either
+/// side does not vary).
+fn correlation(pairs: &[(f64, f64)]) -> Option<f64> {
+    if pairs.len() < 3 {
+        return None;
+    }
+    let n = pairs.len() as f64;
+    let (mx, my) = pairs
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in pairs {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
 }
 
 fn configs(rows: &[ProcessRow]) -> Vec<Config<'_>> {
@@ -281,26 +343,28 @@ fn print_table(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessR
     outln!("machine: {}", machine_line(machine));
     outln!("{rounds} fresh processes, one after another, each `{command}`");
     outln!();
-    outln!("| model | quant | threads | pp tok/s median (min – max) | tg tok/s median (min – max) | tg slowest / fastest |");
-    outln!("|---|---|---|---|---|---|");
+    outln!("| model | quant | threads | pp tok/s median (min – max) | tg tok/s median (min – max) | tg slowest / fastest | GB/s during tg median (min – max) |");
+    outln!("|---|---|---|---|---|---|---|");
     let configs = configs(rows);
     for c in &configs {
         outln!(
-            "| {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {} |",
             c.model,
             c.quant,
             c.threads,
             c.prefill().table_cell(),
             c.decode().table_cell(),
-            c.decode().ratio()
+            c.decode().ratio(),
+            c.decode_membw()
+                .map_or("n/a".to_string(), |s| s.table_cell()),
         );
     }
     outln!();
-    outln!("| round | pid | model | quant | threads | pp tok/s | tg tok/s | membw GB/s | huge pages % | others' CPU % | steal % | CPUs busy | slowest worker | worker CPUs | invol. switches | migrations | load avg |");
-    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("| round | pid | model | quant | threads | pp tok/s | tg tok/s | membw GB/s | GB/s during tg (min – max) | huge pages % | others' CPU % | steal % | CPUs busy | slowest worker | worker CPUs | invol. switches | migrations | load avg |");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         outln!(
-            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.round,
             r.pid,
             r.model,
@@ -309,6 +373,9 @@ fn print_table(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessR
             r.prefill_tok_s,
             r.decode_tok_s,
             r.membw_gb_s,
+            r.decode_membw.map_or("n/a".to_string(), |(m, lo, hi)| format!(
+                "{m:.1} ({lo:.1} – {hi:.1})"
+            )),
             cell(r.huge_page_pct, 0),
             cell(r.others_cpu_pct, 0),
             cell(r.steal_pct, 1),
@@ -338,6 +405,14 @@ fn warnings(configs: &[Config<'_>]) -> Vec<String> {
                 "WARNING: {} {} t={}: decode differs between processes: slowest {:.1}, fastest {:.1} tok/s ({:.0}% apart); compare single runs with care",
                 c.model, c.quant, c.threads, d.min, d.max, 100.0 * (1.0 - d.ratio())
             ));
+            if let (Some(bw), Some(r)) = (c.decode_membw(), c.decode_follows_membw()) {
+                if bw.ratio() < SPREAD_WARN_RATIO && r >= FOLLOWS_BANDWIDTH {
+                    out.push(format!(
+                        "NOTE: {} {} t={}: the memory bandwidth measured during decode ranged {:.1}–{:.1} GB/s between processes (and moved by more than {:.0}% within {} of {}), and decode followed it (correlation {r:.2}): the machine's bandwidth changed, not this program's speed",
+                        c.model, c.quant, c.threads, bw.min, bw.max, 100.0 * (1.0 - SPREAD_WARN_RATIO), c.moved_within(), c.rows.len()
+                    ));
+                }
+            }
         }
         let stacked = c.rows.iter().filter(|r| stacked(&r.worker_cpus)).count();
         if stacked > 0 {
@@ -382,7 +457,7 @@ fn print_json(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessRo
                 .map(|r| {
                     format!(
                         concat!(
-                            "{{\"round\":{},\"pid\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3},\"membw_gb_s\":{:.3},",
+                            "{{\"round\":{},\"pid\":{},\"prefill_tok_s\":{:.3},\"decode_tok_s\":{:.3},\"membw_gb_s\":{:.3},\"decode_membw_gb_s\":{},",
                             "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"slowest_worker\":{},\"worker_cpus\":{},",
                             "\"involuntary_switches\":{},\"migrations\":{},\"load_average\":{}}}"
                         ),
@@ -391,6 +466,7 @@ fn print_json(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessRo
                         r.prefill_tok_s,
                         r.decode_tok_s,
                         r.membw_gb_s,
+                        json_opt(r.decode_membw.map(|b| b.0)),
                         json_opt(r.huge_page_pct),
                         json_opt(r.others_cpu_pct),
                         json_opt(r.steal_pct),
@@ -448,7 +524,7 @@ mod tests {
         s
     }
 
-    const ROW: &str = "synthetic 124M,q8,2,128,128,128,f16,700.5,220.25,4.5,5.4,6.7,182.6,28.9,35.0,83.00,100.00,12.50,0.10,1.90,0.95,0 1,7,3,1.25,4242";
+    const ROW: &str = "synthetic 124M,q8,2,128,128,128,f16,700.5,220.25,4.5,5.4,6.7,182.6,28.9,35.0,83.00,100.00,12.50,0.10,1.90,0.95,0 1,7,3,1.25,4242,34.0,33.0,35.0";
 
     #[test]
     fn process_rows_are_read_by_column_name() {
@@ -481,6 +557,45 @@ mod tests {
             (r.huge_page_pct, r.migrations, r.load_average),
             (None, None, None)
         );
+    }
+
+    /// Three processes whose decode speeds and bandwidth during decode are `(tok/s, GB/s)`.
+    fn bandwidth_configs(runs: &[(f64, f64)]) -> Vec<ProcessRow> {
+        runs.iter()
+            .enumerate()
+            .flat_map(|(i, (tok_s, gbs))| {
+                let row = ROW.replace("220.25", &tok_s.to_string()).replace(
+                    ",34.0,33.0,35.0",
+                    &format!(",{gbs},{},{}", gbs - 1.0, gbs + 1.0),
+                );
+                parse_csv(&csv(&[&row]), i + 1).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decode_that_follows_the_machines_bandwidth_is_said_to() {
+        let rows = bandwidth_configs(&[(210.0, 32.0), (290.0, 63.0), (215.0, 33.5), (280.0, 60.0)]);
+        let c = configs(&rows);
+        let bw = c[0].decode_membw().unwrap();
+        assert_eq!((bw.min, bw.max), (32.0, 63.0));
+        assert!(c[0].decode_follows_membw().unwrap() > 0.95);
+        let w = warnings(&c);
+        assert!(w.iter().any(|w| w.contains("decode followed it")), "{w:?}");
+        // The same spread with a steady bandwidth is this program's, and is not excused.
+        let rows = bandwidth_configs(&[(210.0, 33.0), (290.0, 33.5), (215.0, 32.8)]);
+        let w = warnings(&configs(&rows));
+        assert!(
+            w.iter().any(|w| w.contains("differs between processes")),
+            "{w:?}"
+        );
+        assert!(!w.iter().any(|w| w.contains("decode followed it")), "{w:?}");
+        // Bandwidth that varies while decode does not follow it excuses nothing either.
+        let rows = bandwidth_configs(&[(210.0, 63.0), (290.0, 33.5), (250.0, 40.0)]);
+        let w = warnings(&configs(&rows));
+        assert!(!w.iter().any(|w| w.contains("decode followed it")), "{w:?}");
+        assert_eq!(correlation(&[(1.0, 2.0), (2.0, 4.0)]), None);
+        assert_eq!(correlation(&[(1.0, 2.0), (2.0, 2.0), (3.0, 2.0)]), None);
     }
 
     #[test]
