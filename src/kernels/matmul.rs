@@ -125,20 +125,6 @@ pub fn matmul(w: &Matrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut 
     matmul_with(ops(), w, x, n, y, scratch);
 }
 
-/// The activation quantisers skip NaN when taking `max |x|` (as `f32::max` does) and store it as
-/// 0, which would silently turn a NaN activation (a damaged weight upstream) into a plausible
-/// one. A block holding a NaN gets a NaN scale instead, so the fault reaches the logits, where
-/// the sampler reports it. (An infinite value already gives `0 * inf = NaN` in the dot products.)
-fn poison_nan_blocks(xs: &[f32], act: &mut [BlockQ8Act]) {
-    for (block, a) in xs.chunks_exact(QK).zip(act) {
-        // A count rather than `any`: without the early exit the loop vectorises (a tenth of
-        // the instructions on NEON).
-        if block.iter().map(|v| v.is_nan() as u32).sum::<u32>() > 0 {
-            a.d = f32::NAN;
-        }
-    }
-}
-
 /// [`matmul`] over a matrix stored in two row ranges (the token embedding as LM head): `y` is
 /// `(n, w.rows())`, as if the parts were one matrix.
 pub fn matmul_split(
@@ -191,10 +177,7 @@ fn matmul_parts(
     let act = &mut scratch.act[..nb * n];
     let quantised = |w: &Matrix<'_>| matches!(w.weights, Weights::Q8(_) | Weights::Q4(_));
     if quantised(tail) || head.is_some_and(quantised) {
-        let quantize = |(xs, a): (&[f32], &mut [BlockQ8Act])| {
-            (ops.quantize_act)(xs, a);
-            poison_nan_blocks(xs, a);
-        };
+        let quantize = |(xs, a): (&[f32], &mut [BlockQ8Act])| (ops.quantize_act)(xs, a);
         if n * cols < PARALLEL_MIN_WEIGHTS {
             x.chunks_exact(cols)
                 .zip(act.chunks_exact_mut(nb))

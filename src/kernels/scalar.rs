@@ -42,6 +42,7 @@ pub fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
             *q = (v * id).round_ties_even() as i8;
         }
     }
+    super::mark_nan_blocks(x, out);
 }
 
 /// Integer dot product of q8 weights with quantised activations, one float multiply per block.

@@ -424,6 +424,14 @@ fn assert_quantized_like_scalar(ops: &Ops, x: &[f32], what: &str) {
             "{:?} quantize_act {what} block {i}: {g:?} vs {w:?}",
             ops.path
         );
+        // A NaN input makes the block's scale NaN (so it reaches the logits), never a 0.
+        let has_nan = x[i * QK..(i + 1) * QK].iter().any(|v| v.is_nan());
+        assert_eq!(
+            g.d.is_nan(),
+            has_nan,
+            "{:?} quantize_act {what} block {i}: NaN scale",
+            ops.path
+        );
     }
 }
 

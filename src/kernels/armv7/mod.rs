@@ -105,6 +105,7 @@ fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
     debug_assert!(has_neon_vfpv4());
     // SAFETY: NEON was detected before this function was handed out; lengths checked above.
     unsafe { quantize::quantize_act(x, out) }
+    super::mark_nan_blocks(x, out);
 }
 
 /// f16 weights · f32 inputs.

@@ -296,7 +296,16 @@ unsafe fn quantize_block(xs: &[f32; QK], b: &mut BlockQ8Act) {
     }
     let d = abs_max(&v) / 127.0;
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    b.d = d;
+    // A NaN anywhere in the block makes the scale NaN ([`crate::kernels::mark_nan_blocks`]).
+    let mut nan = _mm256_setzero_ps();
+    for &vk in &v {
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(vk, vk));
+    }
+    b.d = if _mm256_movemask_ps(nan) != 0 {
+        f32::NAN
+    } else {
+        d
+    };
     let scale = _mm256_set1_ps(id);
     let mut q = [_mm256_setzero_si256(); 4];
     for (qk, vk) in q.iter_mut().zip(v) {

@@ -94,6 +94,7 @@ fn quantize_act(x: &[f32], out: &mut [BlockQ8Act]) {
     assert_eq!(x.len(), out.len() * QK, "quantize_act: lengths");
     // SAFETY: NEON is baseline on aarch64; the lengths were checked above.
     unsafe { quantize_act_neon(x, out) }
+    super::mark_nan_blocks(x, out);
 }
 
 /// Prepares up to three tokens for the decode kernels (a batch of four or more goes through the
