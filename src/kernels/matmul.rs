@@ -83,14 +83,19 @@ impl Epilogue<'_> {
     /// Columns `c..c + src.len()` of one token's output: `src` is the product, `dst` the row's
     /// slice of `y`.
     fn apply(&self, ops: &Ops, c: usize, src: &[f32], dst: &mut [f32]) {
-        if self.then == Then::Add {
-            let b = &self.bias[c..c + src.len()];
-            for ((d, s), b) in dst.iter_mut().zip(src).zip(b) {
-                *d += s + b;
+        let b = &self.bias[c..c + src.len()];
+        let pairs = dst.iter_mut().zip(src.iter().zip(b));
+        match self.then {
+            Then::Add => pairs.for_each(|(d, (s, b))| *d += s + b),
+            Then::Store => pairs.for_each(|(d, (s, b))| *d = s + b),
+            Then::GeluTanh => {
+                pairs.for_each(|(d, (s, b))| *d = s + b);
+                (ops.gelu_tanh)(dst);
             }
-        } else {
-            dst.copy_from_slice(src);
-            self.finish(ops, c, dst);
+            Then::GeluErf => {
+                pairs.for_each(|(d, (s, b))| *d = s + b);
+                super::scalar::gelu_erf(dst);
+            }
         }
     }
 
