@@ -19,6 +19,7 @@
 mod attn;
 mod decode;
 mod elem;
+mod elem512;
 mod packed;
 mod packed512;
 
@@ -68,6 +69,7 @@ pub(super) unsafe fn vnni_ops() -> Ops {
         prepare_q4: prepare_q4_vnni,
         matmul_q8: matmul_q8_vnni,
         matmul_q4: matmul_q4_vnni,
+        gelu_tanh: elem512::gelu_tanh,
         ..ops()
     }
 }
