@@ -272,45 +272,91 @@ unsafe fn q4_block_lanes(w: &BlockQ4, x: &BlockQ8Act) -> __m256i {
 // ---------------------------------------------------------------------------------------------
 // Activation quantisation.
 
+/// Blocks whose scales are divided together: the two divisions a block needs (`d = max / 127`,
+/// `1 / d`) are a vector's lanes instead of scalar divisions one block after another.
+const QUANTIZE_GROUP: usize = 8;
+
 /// Quantises `x` (whole blocks of [`QK`]) into `out`, as the scalar twin does.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_act_avx2(x: &[f32], out: &mut [BlockQ8Act]) {
-    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        quantize_block(xs.try_into().expect("chunk of QK"), b);
+    let mut groups = x.chunks_exact(QK * QUANTIZE_GROUP);
+    let mut outs = out.chunks_exact_mut(QUANTIZE_GROUP);
+    for (xs, bs) in (&mut groups).zip(&mut outs) {
+        let (mut amax, mut nan) = ([0f32; QUANTIZE_GROUP], [false; QUANTIZE_GROUP]);
+        for (j, xs) in xs.chunks_exact(QK).enumerate() {
+            (amax[j], nan[j]) = block_max(&load_block(xs));
+        }
+        // The scalar twin's `amax / 127` and `1 / d` (0 where `d` is 0), correctly rounded as
+        // there; reads and writes exactly the eight floats of each array.
+        let d = _mm256_div_ps(_mm256_loadu_ps(amax.as_ptr()), _mm256_set1_ps(127.0));
+        let zero = _mm256_cmp_ps::<_CMP_EQ_OQ>(d, _mm256_setzero_ps());
+        let id = _mm256_andnot_ps(zero, _mm256_div_ps(_mm256_set1_ps(1.0), d));
+        let (mut ds, mut ids) = ([0f32; QUANTIZE_GROUP], [0f32; QUANTIZE_GROUP]);
+        _mm256_storeu_ps(ds.as_mut_ptr(), d);
+        _mm256_storeu_ps(ids.as_mut_ptr(), id);
+        for (j, (xs, b)) in xs.chunks_exact(QK).zip(bs.iter_mut()).enumerate() {
+            b.d = if nan[j] { f32::NAN } else { ds[j] };
+            store_quantized(&load_block(xs), ids[j], b);
+        }
+    }
+    for (xs, b) in groups
+        .remainder()
+        .chunks_exact(QK)
+        .zip(outs.into_remainder())
+    {
+        let v = load_block(xs);
+        let (amax, nan) = block_max(&v);
+        let d = amax / 127.0;
+        b.d = if nan { f32::NAN } else { d };
+        store_quantized(&v, if d == 0.0 { 0.0 } else { 1.0 / d }, b);
     }
 }
 
-/// Quantises one block of 32 floats exactly as the scalar twin does.
+/// A block's 32 floats as four vectors (`xs` must hold at least 32; panics otherwise).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_block(xs: &[f32; QK], b: &mut BlockQ8Act) {
-    // Reads exactly the 32 floats of `xs`.
+unsafe fn load_block(xs: &[f32]) -> [__m256; 4] {
+    let xs = &xs[..QK];
     // Loops, not `array::from_fn`: its closures are not compiled for AVX2.
     let mut v = [_mm256_setzero_ps(); 4];
     for (k, vk) in v.iter_mut().enumerate() {
+        // Reads 8 of the 32 floats of `xs`.
         *vk = _mm256_loadu_ps(xs.as_ptr().add(8 * k));
     }
-    let d = abs_max(&v) / 127.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    // A NaN anywhere in the block makes the scale NaN ([`crate::kernels::mark_nan_blocks`]).
+    v
+}
+
+/// `max |x|` of a block (NaN lanes ignored, as the scalar fold does) and whether it holds a NaN
+/// (then its scale is NaN: [`crate::kernels::mark_nan_blocks`]).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_max(v: &[__m256; 4]) -> (f32, bool) {
     let mut nan = _mm256_setzero_ps();
-    for &vk in &v {
+    for &vk in v {
         nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(vk, vk));
     }
-    b.d = if _mm256_movemask_ps(nan) != 0 {
-        f32::NAN
-    } else {
-        d
-    };
+    (abs_max(v), _mm256_movemask_ps(nan) != 0)
+}
+
+/// The block's `round(x · id)` saturated to i8, as the scalar twin computes it, into `b.qs`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (this function is compiled for them).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_quantized(v: &[__m256; 4], id: f32, b: &mut BlockQ8Act) {
     let scale = _mm256_set1_ps(id);
     let mut q = [_mm256_setzero_si256(); 4];
-    for (qk, vk) in q.iter_mut().zip(v) {
+    for (qk, &vk) in q.iter_mut().zip(v) {
         *qk = _mm256_cvtps_epi32(saturate_i8(_mm256_mul_ps(vk, scale)));
     }
     // Writes exactly the 32 bytes of `b.qs`.
