@@ -196,13 +196,35 @@ fn matmul_parts(
     let (act, prep) = (&*act, &mut scratch.prep[..prepared_len(n, nb)]);
     // Row tiles in parallel, every token against a tile while it is in cache. Each task (and
     // each part) writes one contiguous slice of the output: `(rows, n)` or, for a table whose
-    // kernels lay out a call's output token-major, `(n, task rows)` per task. One token's output
-    // is `y` itself in both layouts, and so is a token-major product made by one task.
+    // kernels lay out a call's output token-major, `(n, task rows)` per task, which the task
+    // then moves into its columns of `y`. One token's output is `y` itself in both layouts, and
+    // so is a token-major product made by one task (unless it adds into `y`).
     let token_major = ops.out_layout == OutLayout::TokenMajor;
     // `y += …` needs the product apart from `y`.
     let adds = epi.is_some_and(|e| e.then == Then::Add);
     let direct =
         !adds && (n == 1 || (token_major && head.is_none() && task_rows(tail, n) >= tail.rows));
+    let epi_ops = epi.as_ref().map(|e| (ops, e));
+    if token_major && !direct {
+        // Each task moves its `(n, task rows)` output into its columns of `y` itself, while
+        // the output is in cache, in the same parallel section as the product.
+        let (out_head, out_tail) = scratch.out_t[..n * rows].split_at_mut(head_rows * n);
+        let y = YColumns::new(y, rows, n);
+        if let Some(h) = head {
+            matmul_part(
+                ops,
+                h,
+                x,
+                (act, &mut *prep),
+                n,
+                out_head,
+                Some(y.at(0, epi_ops)),
+            );
+        }
+        let sink = Some(y.at(head_rows, epi_ops));
+        matmul_part(ops, tail, x, (act, prep), n, out_tail, sink);
+        return;
+    }
     let out = if direct {
         &mut *y
     } else {
@@ -210,61 +232,81 @@ fn matmul_parts(
     };
     let (out_head, out_tail) = out.split_at_mut(head_rows * n);
     if let Some(h) = head {
-        matmul_part(ops, h, x, (act, &mut *prep), n, out_head);
+        matmul_part(ops, h, x, (act, &mut *prep), n, out_head, None);
     }
-    matmul_part(ops, tail, x, (act, prep), n, out_tail);
-    if direct {
-        if let Some(epi) = &epi {
-            finish_rows(ops, epi, rows, y);
-        }
-        return;
-    }
-    let out_t = &scratch.out_t[..n * rows];
-    let epi = epi.as_ref().map(|e| (ops, e));
-    if token_major {
-        let parts = [head, Some(tail)].map(|p| p.map_or((0, 1), |m| (m.rows, task_rows(m, n))));
-        gather_tasks(out_t, parts, n, y, epi);
-    } else {
-        transpose(out_t, rows, n, y, epi);
+    matmul_part(ops, tail, x, (act, prep), n, out_tail, None);
+    match (direct, &epi) {
+        (true, Some(epi)) => finish_rows(ops, epi, rows, y),
+        (true, None) => {}
+        (false, _) => transpose(&scratch.out_t[..n * rows], rows, n, y, epi_ops),
     }
 }
 
-/// `y` `(n, rows)` from the parts' outputs one after the other, each made of tasks of
-/// `(part rows, rows per task)` whose outputs are `(n, task rows)`: per token, each task's run
-/// of outputs is copied into place (through `epi`, if given), 16 tokens per parallel task.
-fn gather_tasks(
-    y_t: &[f32],
-    parts: [(usize, usize); 2],
+/// The caller's output `y` `(n, rows)` shared by the row tasks of a token-major product, each of
+/// which writes its own columns of every token's row ([`Sink::put`]).
+struct YColumns<'y> {
+    ptr: *mut f32,
+    rows: usize,
     n: usize,
-    y: &mut [f32],
-    epi: Option<(&Ops, &Epilogue<'_>)>,
-) {
-    const TOKENS: usize = 16;
-    let rows = parts[0].0 + parts[1].0;
-    let tokens = |(i, ys): (usize, &mut [f32])| {
-        let t0 = i * TOKENS;
-        let (mut src, mut col) = (y_t, 0);
-        for (part_rows, task) in parts {
-            let (part, rest) = src.split_at(part_rows * n);
-            for (j, out) in part.chunks(task * n).enumerate() {
-                let len = out.len() / n;
-                let c = col + j * task;
-                let runs = out[t0 * len..].chunks_exact(len);
-                for (run, dst) in runs.zip(ys.chunks_exact_mut(rows)) {
-                    let dst = &mut dst[c..c + len];
-                    match epi {
-                        Some((ops, e)) => e.apply(ops, c, run, dst),
-                        None => dst.copy_from_slice(run),
-                    }
-                }
-            }
-            (src, col) = (rest, col + part_rows);
+    _y: std::marker::PhantomData<&'y mut [f32]>,
+}
+
+impl<'y> YColumns<'y> {
+    fn new(y: &'y mut [f32], rows: usize, n: usize) -> Self {
+        assert_eq!(y.len(), rows * n, "matmul: output length");
+        YColumns {
+            ptr: y.as_mut_ptr(),
+            rows,
+            n,
+            _y: std::marker::PhantomData,
         }
-    };
-    if rows * n < PARALLEL_MIN_WEIGHTS {
-        y.chunks_mut(TOKENS * rows).enumerate().for_each(tokens);
-    } else {
-        y.par_chunks_mut(TOKENS * rows).enumerate().for_each(tokens);
+    }
+
+    /// Where the tasks of a part whose first row is column `col0` of `y` put their outputs.
+    fn at<'s>(&'s self, col0: usize, epi: Option<(&'s Ops, &'s Epilogue<'s>)>) -> Sink<'s> {
+        Sink { y: self, col0, epi }
+    }
+}
+
+// SAFETY: `YColumns` is a `&mut [f32]` split by columns: the tasks that share it write disjoint
+// columns ([`Sink::put`]'s contract) and nothing reads `y` while they run.
+unsafe impl Send for YColumns<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for YColumns<'_> {}
+
+/// One part's way into [`YColumns`]: its first column and the epilogue.
+#[derive(Clone, Copy)]
+struct Sink<'s> {
+    y: &'s YColumns<'s>,
+    col0: usize,
+    epi: Option<(&'s Ops, &'s Epilogue<'s>)>,
+}
+
+impl Sink<'_> {
+    /// Moves a task's output `out` `(n, len)` for the part's rows `r0..r0 + len` into columns
+    /// `col0 + r0..` of every token's row of `y`, through the epilogue if any.
+    ///
+    /// # Safety
+    /// No other task of the product may put the same rows of the same part, and nothing else may
+    /// access `y` until the tasks are done.
+    unsafe fn put(&self, r0: usize, out: &[f32]) {
+        let YColumns { ptr, rows, n, .. } = *self.y;
+        let len = out.len() / n;
+        let c = self.col0 + r0;
+        assert!(
+            c + len <= rows && out.len() == len * n,
+            "matmul: task outside the output"
+        );
+        for (t, run) in out.chunks_exact(len.max(1)).enumerate() {
+            // SAFETY: `t · rows + c + len <= n · rows = y.len()` by the assertion, `y` is
+            // exclusively borrowed for `'y`, and by this function's contract no other task
+            // writes these columns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add(t * rows + c), len) };
+            match self.epi {
+                Some((ops, e)) => e.apply(ops, c, run, dst),
+                None => dst.copy_from_slice(run),
+            }
+        }
     }
 }
 
@@ -319,6 +361,7 @@ fn matmul_part(
     (act, prep): (&[BlockQ8Act], &mut [PrepLane]),
     n: usize,
     out: &mut [f32],
+    sink: Option<Sink<'_>>,
 ) {
     let nb = w.cols / QK;
     match w.weights {
@@ -330,15 +373,22 @@ fn matmul_part(
     // A token-major kernel gets the whole task (its output must be one `(n, task rows)` block);
     // the NEON kernels keep their packed rows in L1 themselves.
     let tile_rows = ops.out_layout == OutLayout::RowMajor;
-    rows_parallel(w, n, out, |part, ys| match part.weights {
-        Weights::Q8(wb) => tiled(ops.matmul_q8, wb, (act, prep), (nb, tile_rows), n, ys),
-        Weights::Q4(wb) => tiled(ops.matmul_q4, wb, (act, prep), (nb, tile_rows), n, ys),
-        Weights::F32(_) | Weights::F16(_) => {
-            for r in 0..part.rows {
-                for (t, xs) in x.chunks_exact(w.cols).enumerate() {
-                    ys[ops.out_layout.index(r, t, part.rows, n)] = dot_row(ops, part, r, xs);
+    rows_parallel(w, n, out, |part, r0, ys| {
+        match part.weights {
+            Weights::Q8(wb) => tiled(ops.matmul_q8, wb, (act, prep), (nb, tile_rows), n, ys),
+            Weights::Q4(wb) => tiled(ops.matmul_q4, wb, (act, prep), (nb, tile_rows), n, ys),
+            Weights::F32(_) | Weights::F16(_) => {
+                for r in 0..part.rows {
+                    for (t, xs) in x.chunks_exact(w.cols).enumerate() {
+                        ys[ops.out_layout.index(r, t, part.rows, n)] = dot_row(ops, part, r, xs);
+                    }
                 }
             }
+        }
+        if let Some(sink) = &sink {
+            // SAFETY: `rows_parallel` hands each task a different row range of `w`, and `y`
+            // is touched by nothing but the tasks until `matmul_parts` returns.
+            unsafe { sink.put(r0, ys) };
         }
     });
 }
@@ -405,24 +455,24 @@ fn task_rows(w: &Matrix<'_>, n: usize) -> usize {
         .next_multiple_of(group)
 }
 
-/// Runs `f(tile, outputs)` over tasks of [`task_rows`] rows of `w` (outputs `tile.rows · n`
-/// values, one contiguous slice each), in parallel when there are several.
+/// Runs `f(tile, first row, outputs)` over tasks of [`task_rows`] rows of `w` (outputs
+/// `tile.rows · n` values, one contiguous slice each), in parallel when there are several.
 fn rows_parallel(
     w: &Matrix<'_>,
     n: usize,
     y_t: &mut [f32],
-    f: impl Fn(&Matrix<'_>, &mut [f32]) + Sync,
+    f: impl Fn(&Matrix<'_>, usize, &mut [f32]) + Sync,
 ) {
     let rows_per_task = task_rows(w, n);
     if rows_per_task >= w.rows {
-        f(w, y_t);
+        f(w, 0, y_t);
         return;
     }
     y_t.par_chunks_mut(rows_per_task * n)
         .enumerate()
         .for_each(|(i, ys)| {
             let part = w.rows_slice(i * rows_per_task, ys.len() / n);
-            f(&part, ys);
+            f(&part, i * rows_per_task, ys);
         });
 }
 
