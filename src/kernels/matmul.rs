@@ -74,27 +74,42 @@ pub enum Then {
 
 /// A linear layer's bias and what follows it, applied to a product's output on its way to `y`.
 #[derive(Clone, Copy)]
-struct Epilogue<'a> {
-    bias: &'a [f32],
-    then: Then,
+pub(crate) struct Epilogue<'a> {
+    pub(crate) bias: &'a [f32],
+    pub(crate) then: Then,
+    /// The GELU `then` names, as the table computes it (the tanh form's SIMD twin; the erf form
+    /// is scalar only).
+    gelu: fn(&mut [f32]),
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
+    fn new(ops: &Ops, bias: &'a [f32], then: Then) -> Self {
+        let gelu = match then {
+            Then::GeluErf => super::scalar::gelu_erf,
+            _ => ops.gelu_tanh,
+        };
+        Epilogue { bias, then, gelu }
+    }
+
+    /// The epilogue of rows `r0..r0 + len` of this one's (bias `r0..`).
+    pub(crate) fn rows(&self, r0: usize, len: usize) -> Self {
+        Epilogue {
+            bias: &self.bias[r0..r0 + len],
+            ..*self
+        }
+    }
+
     /// Columns `c..c + src.len()` of one token's output: `src` is the product, `dst` the row's
     /// slice of `y`.
-    fn apply(&self, ops: &Ops, c: usize, src: &[f32], dst: &mut [f32]) {
+    pub(crate) fn apply(&self, c: usize, src: &[f32], dst: &mut [f32]) {
         let b = &self.bias[c..c + src.len()];
         let pairs = dst.iter_mut().zip(src.iter().zip(b));
         match self.then {
             Then::Add => pairs.for_each(|(d, (s, b))| *d += s + b),
             Then::Store => pairs.for_each(|(d, (s, b))| *d = s + b),
-            Then::GeluTanh => {
+            Then::GeluTanh | Then::GeluErf => {
                 pairs.for_each(|(d, (s, b))| *d = s + b);
-                (ops.gelu_tanh)(dst);
-            }
-            Then::GeluErf => {
-                pairs.for_each(|(d, (s, b))| *d = s + b);
-                super::scalar::gelu_erf(dst);
+                (self.gelu)(dst);
             }
         }
     }
@@ -103,10 +118,8 @@ impl Epilogue<'_> {
     /// [`Then::Add`] (which needs the product apart from `y`).
     fn finish(&self, ops: &Ops, c: usize, y: &mut [f32]) {
         (ops.add_assign)(y, &self.bias[c..c + y.len()]);
-        match self.then {
-            Then::GeluTanh => (ops.gelu_tanh)(y),
-            Then::GeluErf => super::scalar::gelu_erf(y),
-            Then::Store | Then::Add => {}
+        if matches!(self.then, Then::GeluTanh | Then::GeluErf) {
+            (self.gelu)(y);
         }
     }
 }
@@ -122,6 +135,43 @@ fn finish_rows(ops: &Ops, epi: &Epilogue<'_>, rows: usize, y: &mut [f32]) {
         tokens(y);
     } else {
         y.par_chunks_mut(TOKENS * rows).for_each(tokens);
+    }
+}
+
+/// Where a kernel that finishes its own outputs ([`super::MatmulInto`]) puts them: output row
+/// `r` of the call, token `t`, becomes `W · x + bias[r]` and then what the epilogue says, at
+/// `ptr + t · stride + r`.
+#[derive(Clone, Copy)]
+pub struct Dest<'a> {
+    ptr: *mut f32,
+    stride: usize,
+    pub(crate) epi: Epilogue<'a>,
+}
+
+impl Dest<'_> {
+    /// Token `t`'s outputs from row `r0`, `len` of them.
+    ///
+    /// # Safety
+    /// Rows `r0..r0 + len` must be within the call's rows and `t` below its tokens; the call
+    /// must be the only writer of them (the contract of the [`super::MatmulIntoFn`] that got
+    /// this `Dest`).
+    // A `Dest` is a raw pointer lent for the call: exclusivity is this function's contract, not
+    // the borrow of `self`.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn run(&self, t: usize, r0: usize, len: usize) -> &mut [f32] {
+        // SAFETY: by this function's contract, within the destination the caller lent out and
+        // written by no one else meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(t * self.stride + r0), len) }
+    }
+
+    /// Finishes token `t`'s product values `src` for rows `r0..` into place.
+    ///
+    /// # Safety
+    /// As [`Dest::run`] for `src.len()` rows.
+    pub(crate) unsafe fn put(&self, t: usize, r0: usize, src: &[f32]) {
+        // SAFETY: as this function's contract.
+        let dst = unsafe { self.run(t, r0, src.len()) };
+        self.epi.apply(r0, src, dst);
     }
 }
 
@@ -204,8 +254,10 @@ fn matmul_parts(
     let adds = epi.is_some_and(|e| e.then == Then::Add);
     let direct =
         !adds && (n == 1 || (token_major && head.is_none() && task_rows(tail, n) >= tail.rows));
+    // A table whose batch kernels finish their outputs themselves stores them in place.
+    let finished_by_kernel = epi.is_some() && n > 1 && ops.matmul_into.is_some();
     let epi_ops = epi.as_ref().map(|e| (ops, e));
-    if token_major && !direct {
+    if token_major && (!direct || finished_by_kernel) {
         // Each task moves its `(n, task rows)` output into its columns of `y` itself, while
         // the output is in cache, in the same parallel section as the product.
         let (out_head, out_tail) = scratch.out_t[..n * rows].split_at_mut(head_rows * n);
@@ -283,6 +335,20 @@ struct Sink<'s> {
 }
 
 impl Sink<'_> {
+    /// The destination of a task's rows `r0..r0 + len` for a kernel that finishes its outputs
+    /// ([`super::MatmulInto`]); `None` without an epilogue.
+    fn dest(&self, r0: usize, len: usize) -> Option<Dest<'_>> {
+        let (_, epi) = self.epi?;
+        let c = self.col0 + r0;
+        assert!(c + len <= self.y.rows, "matmul: task outside the output");
+        Some(Dest {
+            // In bounds (`c < rows`, or the end when `len` is 0).
+            ptr: self.y.ptr.wrapping_add(c),
+            stride: self.y.rows,
+            epi: epi.rows(c, len),
+        })
+    }
+
     /// Moves a task's output `out` `(n, len)` for the part's rows `r0..r0 + len` into columns
     /// `col0 + r0..` of every token's row of `y`, through the epilogue if any.
     ///
@@ -303,7 +369,7 @@ impl Sink<'_> {
             // writes these columns.
             let dst = unsafe { std::slice::from_raw_parts_mut(ptr.add(t * rows + c), len) };
             match self.epi {
-                Some((ops, e)) => e.apply(ops, c, run, dst),
+                Some((_, e)) => e.apply(c, run, dst),
                 None => dst.copy_from_slice(run),
             }
         }
@@ -373,7 +439,18 @@ fn matmul_part(
     // A token-major kernel gets the whole task (its output must be one `(n, task rows)` block);
     // the NEON kernels keep their packed rows in L1 themselves.
     let tile_rows = ops.out_layout == OutLayout::RowMajor;
+    let into = ops.matmul_into.filter(|_| n > 1 && nb > 0);
     rows_parallel(w, n, out, |part, r0, ys| {
+        if let Some((k, d)) = into.zip(sink.as_ref().and_then(|s| s.dest(r0, part.rows))) {
+            // SAFETY: `d` covers this task's rows of `y` only (`rows_parallel` hands each task a
+            // different row range) for every token, and nothing else touches `y` until
+            // `matmul_parts` returns.
+            match part.weights {
+                Weights::Q8(wb) => return unsafe { (k.q8)(wb, act, prep, nb, ys, d) },
+                Weights::Q4(wb) => return unsafe { (k.q4)(wb, act, prep, nb, ys, d) },
+                Weights::F32(_) | Weights::F16(_) => {}
+            }
+        }
         match part.weights {
             Weights::Q8(wb) => tiled(ops.matmul_q8, wb, (act, prep), (nb, tile_rows), n, ys),
             Weights::Q4(wb) => tiled(ops.matmul_q4, wb, (act, prep), (nb, tile_rows), n, ys),
@@ -490,8 +567,9 @@ pub fn linear_batch(
     then: Then,
 ) {
     assert_eq!(b.len(), w.rows, "linear: bias length");
-    let epi = Epilogue { bias: b, then };
-    matmul_parts(ops(), (None, w), x, n, y, scratch, Some(epi));
+    let ops = ops();
+    let epi = Epilogue::new(ops, b, then);
+    matmul_parts(ops, (None, w), x, n, y, scratch, Some(epi));
 }
 
 #[cfg(test)]
@@ -511,13 +589,21 @@ mod tests {
         Matrix::new(rows, cols, w).unwrap()
     }
 
-    /// `W · x + b` and what follows it, applied as the output moves into place, equal what the
-    /// separate passes give (the plain product, then the bias, GELU or the residual add), for
-    /// every table, on one and two threads (one task written in place, tasks gathered or
-    /// transposed), one token and batches with leftover tiles.
+    /// `W · x + b` and what follows it, applied as the output moves into place or by the
+    /// kernels themselves, equal what the separate passes give (the plain product, then the
+    /// bias, GELU or the residual add), bit for bit, for every table, on one and two threads
+    /// (one task written in place, tasks writing their columns, transposed), one token and
+    /// batches with leftover tiles.
     #[test]
     fn linear_epilogues_equal_separate_passes() {
-        let (rows, cols) = (96, 128);
+        // Sixteen-row groups in one chunk of blocks; and rows outside the groups with two
+        // chunks of blocks (partial sums before the finished values).
+        for (rows, cols) in [(96, 128), (100, 1088)] {
+            linear_epilogues_equal_separate_passes_for(rows, cols);
+        }
+    }
+
+    fn linear_epilogues_equal_separate_passes_for(rows: usize, cols: usize) {
         let mut rng = Rng::new(11);
         let bias = rng.floats(rows, 1.0);
         for dtype in [DType::Q8, DType::Q4, DType::F32] {
@@ -559,7 +645,7 @@ mod tests {
                                 }
                             }
                             let mut got = residual.clone();
-                            let epi = Some(Epilogue { bias: &bias, then });
+                            let epi = Some(Epilogue::new(&ops, &bias, then));
                             pool.install(|| {
                                 matmul_parts(&ops, (None, &w), &x, n, &mut got, &mut scratch, epi)
                             });

@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 
 use half::f16;
 
-pub use matmul::{linear_batch, matmul, matmul_split, matmul_with, MatmulScratch, Then};
+pub use matmul::{linear_batch, matmul, matmul_split, matmul_with, Dest, MatmulScratch, Then};
 
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 use crate::tensor::{Matrix, SplitMatrix};
@@ -103,6 +103,10 @@ pub struct Ops {
     /// [`Ops::matmul_q8`] for q4 weights: `Σ_blocks d_w · d_x · Σ_i (q_w[i] − 8) · q_x[i]`, with
     /// the `prep` of [`Ops::prepare_q4`].
     pub matmul_q4: MatmulFn<BlockQ4>,
+    /// Batch products that finish their own outputs — the bias, then GELU or the residual add —
+    /// and store them straight into the caller's rows, where the table has them (else the
+    /// outputs are finished as they move into place).
+    pub matmul_into: Option<MatmulInto>,
     /// Layer norm of `x` into `out` (all four slices equally long): `(x − mean) / √(var + eps)
     /// · weight + bias`, biased variance.
     pub layer_norm: LayerNormFn,
@@ -281,6 +285,31 @@ mod exp_consts {
 
 /// Signature of [`Ops::matmul_q8`] / [`Ops::matmul_q4`]: `(w, x, prep, nb, out)`.
 pub type MatmulFn<W> = fn(w: &[W], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]);
+
+/// [`Ops::matmul_into`]'s products.
+#[derive(Clone, Copy)]
+pub struct MatmulInto {
+    /// As [`Ops::matmul_q8`], finished into a [`Dest`].
+    pub q8: MatmulIntoFn<BlockQ8>,
+    /// As [`Ops::matmul_q4`], finished into a [`Dest`].
+    pub q4: MatmulIntoFn<BlockQ4>,
+}
+
+/// Signature of [`MatmulInto`]'s products: `(w, x, prep, nb, partial, dest)`, as [`MatmulFn`]'s
+/// with `partial` the room a call's `(n, rows)` output would take (for partial sums and rows
+/// outside the kernel's groups) and each finished value going to `dest` instead.
+///
+/// # Safety
+/// `dest` must be valid for, and exclusively lent to this call for, every row of the call and
+/// every token ([`Dest::run`]).
+pub type MatmulIntoFn<W> = unsafe fn(
+    w: &[W],
+    x: &[BlockQ8Act],
+    prep: &[PrepLane],
+    nb: usize,
+    partial: &mut [f32],
+    dest: Dest<'_>,
+);
 
 /// Signature of [`Ops::prepare_q8`] / [`Ops::prepare_q4`]: `(x, nb, prep)`.
 pub type PrepareFn = fn(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]);

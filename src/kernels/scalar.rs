@@ -27,6 +27,7 @@ pub fn ops() -> Ops {
         axpy_f16,
         scores_f16,
         weighted_sum_f16,
+        matmul_into: None,
     }
 }
 

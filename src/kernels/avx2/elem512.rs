@@ -40,7 +40,7 @@ unsafe fn gelu_tanh_512(x: &mut [f32]) {
 /// The CPU must support AVX-512 F.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn gelu_ps(x: __m512) -> __m512 {
+pub(super) unsafe fn gelu_ps(x: __m512) -> __m512 {
     const C: f32 = 0.044715;
     // −2 · √(2/π)
     const M2K: f32 = -2.0 * 0.797_884_6;

@@ -27,7 +27,10 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{lanes_i32, prepare_nothing, prepared_len, KernelPath, Ops, OutLayout, PrepLane};
+use super::{
+    lanes_i32, prepare_nothing, prepared_len, Dest, KernelPath, MatmulInto, Ops, OutLayout,
+    PrepLane,
+};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 
 /// The AVX2 table.
@@ -54,6 +57,7 @@ pub(super) unsafe fn ops() -> Ops {
         axpy_f16: elem::axpy_f16,
         scores_f16: attn::scores_f16,
         weighted_sum_f16: attn::weighted_sum_f16,
+        matmul_into: None,
     }
 }
 
@@ -70,6 +74,10 @@ pub(super) unsafe fn vnni_ops() -> Ops {
         matmul_q8: matmul_q8_vnni,
         matmul_q4: matmul_q4_vnni,
         gelu_tanh: elem512::gelu_tanh,
+        matmul_into: Some(MatmulInto {
+            q8: matmul_q8_vnni_into,
+            q4: matmul_q4_vnni_into,
+        }),
         ..ops()
     }
 }
@@ -156,6 +164,41 @@ fn matmul_q4_vnni(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize,
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: as in `matmul_q8_vnni`.
     unsafe { matmul_tiles_vnni::<Q4Tile>(w, x, prep, nb, rows, n, out) }
+}
+
+/// [`matmul_q8_vnni`] finished into `dest` ([`super::MatmulIntoFn`]).
+///
+/// # Safety
+/// As [`super::MatmulIntoFn`]; only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA,
+/// F16C, AVX-512 F, BW and VNNI).
+unsafe fn matmul_q8_vnni_into(
+    w: &[BlockQ8],
+    x: &[BlockQ8Act],
+    prep: &[PrepLane],
+    nb: usize,
+    partial: &mut [f32],
+    dest: Dest<'_>,
+) {
+    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
+    // SAFETY: as this function's contract; shapes checked as in `matmul_q8`.
+    unsafe { matmul_tiles_vnni_into::<Q8Tile>(w, x, prep, (nb, rows, n), partial, &dest) }
+}
+
+/// [`matmul_q4_vnni`] finished into `dest` ([`super::MatmulIntoFn`]).
+///
+/// # Safety
+/// As [`matmul_q8_vnni_into`].
+unsafe fn matmul_q4_vnni_into(
+    w: &[BlockQ4],
+    x: &[BlockQ8Act],
+    prep: &[PrepLane],
+    nb: usize,
+    partial: &mut [f32],
+    dest: Dest<'_>,
+) {
+    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
+    // SAFETY: as in `matmul_q8_vnni_into`.
+    unsafe { matmul_tiles_vnni_into::<Q4Tile>(w, x, prep, (nb, rows, n), partial, &dest) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,11 +933,50 @@ unsafe fn matmul_tiles_vnni<F: TileFormat>(
     let mut r0 = 0;
     if n >= packed::MIN_TOKENS {
         let groups = rows / packed512::GROUP_ROWS;
-        packed512::matmul(w, x, &lanes_i32(prep)[..n * nb], nb, groups, n, out);
+        packed512::matmul(w, x, &lanes_i32(prep)[..n * nb], (nb, groups, n), out, None);
         r0 = groups * packed512::GROUP_ROWS;
     }
     let at = OutAt::new(OutLayout::TokenMajor, rows, n);
     row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
+}
+
+/// [`matmul_tiles_vnni`] with each output finished into `dest`: the 512-bit kernel finishes
+/// its groups of sixteen rows in registers; rows outside them (and a batch too small for it) go
+/// through `partial` and are finished from there.
+///
+/// # Safety
+/// As [`matmul_tiles_vnni`], with `dest` as [`super::MatmulIntoFn`] requires.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn matmul_tiles_vnni_into<F: TileFormat>(
+    w: &[F::W],
+    x: &[BlockQ8Act],
+    prep: &[PrepLane],
+    (nb, rows, n): (usize, usize, usize),
+    partial: &mut [f32],
+    dest: &Dest<'_>,
+) where
+    F::W: packed512::Weights,
+{
+    let mut r0 = 0;
+    if n >= packed::MIN_TOKENS {
+        let groups = rows / packed512::GROUP_ROWS;
+        let terms = &lanes_i32(prep)[..n * nb];
+        packed512::matmul(w, x, terms, (nb, groups, n), partial, Some(dest));
+        r0 = groups * packed512::GROUP_ROWS;
+    }
+    if r0 == rows {
+        return;
+    }
+    if n == 1 {
+        F::decode(w, x, prep, nb, partial);
+    } else {
+        let at = OutAt::new(OutLayout::TokenMajor, rows, n);
+        row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, partial);
+    }
+    for (t, out) in partial.chunks_exact(rows).enumerate() {
+        // SAFETY: rows `r0..rows` of token `t < n` are the call's, lent to it by the contract.
+        unsafe { dest.put(t, r0, &out[r0..]) };
+    }
 }
 
 /// Where the row-major tiles put row `r` of token `t` in a call's output of `rows` rows and `n`

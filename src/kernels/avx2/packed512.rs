@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::{lanes_i32_mut, PrepLane};
+use crate::kernels::{lanes_i32_mut, Dest, PrepLane, Then};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
 
 /// Rows in a packed group: one i32 lane of a 512-bit vector each.
@@ -98,21 +98,21 @@ pub(super) unsafe fn neg_act_terms(x: &[BlockQ8Act], c: i32, prep: &mut [PrepLan
 
 /// `out[t · rows + r]` for the first `groups · 16` rows of `w` and all `n` tokens of `x` (rows
 /// and tokens of `nb` blocks; `out` is `(n, rows)`, `rows = out.len() / n`), with `terms` from
-/// [`neg_act_terms`] for `W::OFFSET`.
+/// [`neg_act_terms`] for `W::OFFSET`. With a `dest`, each finished value goes there instead
+/// (bias, then what its epilogue says, in registers) and `out` only holds partial sums.
 ///
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F, BW and VNNI must be available; `w` holds at least
 /// `groups · 16 · nb` blocks, `x` and `terms` hold `n · nb`, and `out` holds `n` rows of at least
-/// `groups · 16` values.
+/// `groups · 16` values; `dest` is valid as [`crate::kernels::MatmulIntoFn`] requires.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn matmul<W: Weights>(
     w: &[W],
     x: &[BlockQ8Act],
     terms: &[i32],
-    nb: usize,
-    groups: usize,
-    n: usize,
+    (nb, groups, n): (usize, usize, usize),
     out: &mut [f32],
+    dest: Option<&Dest<'_>>,
 ) {
     let rows = out.len().checked_div(n).unwrap_or(0);
     let mut packed = [EMPTY; CHUNK_BLOCKS];
@@ -127,6 +127,7 @@ pub(super) unsafe fn matmul<W: Weights>(
                 nb,
                 b0,
                 first: b0 == 0,
+                dest: dest.filter(|_| b0 + CHUNK_BLOCKS >= nb),
             };
             let next = next_chunk(g, b0, groups, nb);
             let tiles = n / TILE_TOKENS;
@@ -184,14 +185,15 @@ unsafe fn prefetch_rows<W>(w: &[W], nb: usize, (r0, b0): (usize, usize), i: usiz
 }
 
 /// Where a chunk's results go: rows from `r0` in an output of `rows` per token, tokens of `nb`
-/// blocks, the chunk's first block `b0`, and whether it is the first chunk of its rows (written,
-/// not added).
-struct Span {
+/// blocks, the chunk's first block `b0`, whether it is the first chunk of its rows (written,
+/// not added), and, for the last chunk of a product finished in place, where to.
+struct Span<'d> {
     r0: usize,
     rows: usize,
     nb: usize,
     b0: usize,
     first: bool,
+    dest: Option<&'d Dest<'d>>,
 }
 
 /// Packs blocks `b0..b0 + out.len()` of rows `r0..r0 + 16` of `w` (rows of `nb` blocks).
@@ -234,7 +236,7 @@ unsafe fn tokens<const T: usize>(
     packed: &[PackedBlock],
     x: &[BlockQ8Act],
     terms: &[i32],
-    span: &Span,
+    span: &Span<'_>,
     t0: usize,
     out: &mut [f32],
 ) {
@@ -253,7 +255,37 @@ unsafe fn tokens<const T: usize>(
         } else {
             _mm512_add_ps(_mm512_loadu_ps(y), *a)
         };
-        _mm512_storeu_ps(y, sum);
+        match span.dest {
+            // SAFETY: rows `r0..r0 + 16` and token `t0 + k` are the call's (the caller's
+            // contract for `dest`).
+            Some(d) => unsafe { finish(d, t0 + k, span.r0, sum) },
+            None => _mm512_storeu_ps(y, sum),
+        }
+    }
+}
+
+/// Sixteen finished rows from `r0` of token `t`: the product `v` plus the bias, then what the
+/// epilogue says, the arithmetic of [`Dest::put`] in one vector.
+///
+/// # Safety
+/// As [`matmul`]; rows `r0..r0 + 16` and token `t` are within `dest`'s call.
+#[inline(always)]
+unsafe fn finish(dest: &Dest<'_>, t: usize, r0: usize, v: __m512) {
+    let epi = &dest.epi;
+    // Reads exactly the 16 floats of the slice.
+    let v = _mm512_add_ps(v, _mm512_loadu_ps(epi.bias[r0..r0 + GROUP_ROWS].as_ptr()));
+    // SAFETY: as this function's contract.
+    let y = unsafe { dest.run(t, r0, GROUP_ROWS) };
+    let p = y.as_mut_ptr();
+    // Each access is exactly the 16 floats of `y`.
+    match epi.then {
+        Then::Store => _mm512_storeu_ps(p, v),
+        Then::Add => _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), v)),
+        Then::GeluTanh => _mm512_storeu_ps(p, super::elem512::gelu_ps(v)),
+        Then::GeluErf => {
+            _mm512_storeu_ps(p, v);
+            crate::kernels::scalar::gelu_erf(y);
+        }
     }
 }
 
