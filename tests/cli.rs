@@ -388,6 +388,13 @@ fn bench_json_parses_and_names_its_fields() {
             assert!(r[key].as_f64().unwrap() > 0.0, "{key} in {r}");
         }
         assert_eq!(r["gen_tokens"], 8);
+        // The memory bandwidth measured before each counted decode repeat (one here), beside
+        // that repeat's speed.
+        for key in ["decode_membw_gb_s", "decode_tok_s_repeats"] {
+            let v = r[key].as_array().unwrap_or_else(|| panic!("{key} in {r}"));
+            assert_eq!(v.len(), 1, "{key} in {r}");
+            assert!(v[0].as_f64().unwrap() > 0.0, "{key} in {r}");
+        }
         // What could have disturbed the run: numbers, or null where the OS does not tell.
         for key in [
             "huge_page_pct",
@@ -429,6 +436,9 @@ fn bench_rounds_runs_fresh_processes_and_reports_each() {
             .map(|p| p["decode_tok_s"].as_f64().unwrap())
             .collect();
         assert!(decode.iter().all(|&d| d > 0.0), "{r}");
+        for p in processes {
+            assert!(p["decode_membw_gb_s"].as_f64().unwrap() > 0.0, "{p}");
+        }
         let fastest = decode.iter().copied().fold(0.0, f64::max);
         let slowest = decode.iter().copied().fold(f64::MAX, f64::min);
         assert_eq!(r["decode_tok_s"]["max"].as_f64().unwrap(), fastest);

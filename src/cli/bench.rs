@@ -544,6 +544,14 @@ fn json_str(s: &str) -> String {
     out
 }
 
+/// The values of `v`, comma separated (a JSON array's inside).
+fn json_list(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.3}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("null".to_string(), |v| v.to_string())
 }
@@ -561,7 +569,7 @@ fn print_json(
                     "{{\"model\":{},\"quant\":{},\"threads\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"ctx\":{},\"kv\":{},",
                     "\"prefill_tok_s\":{:.3},\"prefill_tok_s_spread\":{:.3},\"decode_tok_s\":{:.3},\"decode_tok_s_spread\":{:.3},",
                     "\"ms_per_token_p50\":{:.4},\"ms_per_token_p90\":{:.4},\"ms_per_token_p99\":{:.4},\"ttft_ms\":{:.3},",
-                    "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"decode_membw_gb_s\":[{}],\"roofline_pct\":{:.2},",
+                    "\"load_ms\":{:.3},\"weight_bytes_per_token\":{},\"achieved_gb_s\":{:.3},\"membw_gb_s\":{:.3},\"decode_membw_gb_s\":[{}],\"decode_tok_s_repeats\":[{}],\"roofline_pct\":{:.2},",
                     "\"huge_page_pct\":{},\"others_cpu_pct\":{},\"steal_pct\":{},\"own_cpus\":{},\"involuntary_switches\":{},\"migrations\":{},",
                     "\"pinned\":{},\"worker_speed\":[{}]}}"
                 ),
@@ -584,11 +592,8 @@ fn print_json(
                 r.weight_bytes,
                 r.achieved_gbs(),
                 r.membw_gbs,
-                r.m.decode_membw_gbs
-                    .iter()
-                    .map(|v| format!("{v:.3}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                json_list(&r.m.decode_membw_gbs),
+                json_list(&r.m.decode_tok_s),
                 r.roofline_pct(),
                 json_opt(r.huge_pct().map(|v| format!("{v:.2}"))),
                 json_opt(r.others_pct().map(|v| format!("{v:.2}"))),
