@@ -406,7 +406,7 @@ fn conditions_line(r: &Row) -> String {
     )
 }
 
-/// Which summary of bandwidth probes [`probe`] gives.
+/// Which summary of a run's repeats [`probe`] gives.
 #[derive(Clone, Copy)]
 enum Probe {
     Median,
@@ -414,7 +414,7 @@ enum Probe {
     Max,
 }
 
-/// The median, slowest or fastest of bandwidth probes (`None` without any).
+/// The median, smallest or largest of per-repeat values (`None` without any).
 fn probe(v: &[f64], which: Probe) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -639,7 +639,7 @@ fn print_csv(rows: &[Row]) -> Result<()> {
     let load = machine::load_average();
     for r in rows {
         outln!(
-            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{:.3},{:.3},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.2},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.model.replace(',', " "),
             r.quant,
             r.m.threads,
@@ -669,13 +669,15 @@ fn print_csv(rows: &[Row]) -> Result<()> {
             csv_opt(probe(&r.m.decode_membw_gbs, Probe::Median)),
             csv_opt(probe(&r.m.decode_membw_gbs, Probe::Min)),
             csv_opt(probe(&r.m.decode_membw_gbs, Probe::Max)),
+            csv_opt(probe(&r.m.decode_tok_s, Probe::Min)),
+            csv_opt(probe(&r.m.decode_tok_s, Probe::Max)),
         );
     }
     Ok(())
 }
 
 /// The CSV columns, in order (`--rounds` reads its processes' rows by these names).
-const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,own_cpus,slowest_worker,worker_cpus,involuntary_switches,migrations,load_average,pid,decode_membw_gb_s,decode_membw_min_gb_s,decode_membw_max_gb_s";
+const CSV_HEADER: &str = "model,quant,threads,prompt_tokens,gen_tokens,ctx,kv,prefill_tok_s,decode_tok_s,ms_p50,ms_p90,ms_p99,ttft_ms,achieved_gb_s,membw_gb_s,roofline_pct,huge_page_pct,others_cpu_pct,steal_pct,own_cpus,slowest_worker,worker_cpus,involuntary_switches,migrations,load_average,pid,decode_membw_gb_s,decode_membw_min_gb_s,decode_membw_max_gb_s,decode_tok_s_min,decode_tok_s_max";
 
 fn csv_opt(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| format!("{v:.2}"))

@@ -20,6 +20,9 @@ const SPREAD_WARN_RATIO: f64 = 0.9;
 /// At or above this correlation between the processes' decode speeds and the bandwidth each
 /// measured during its decode repeats, decode followed the machine's bandwidth.
 const FOLLOWS_BANDWIDTH: f64 = 0.7;
+/// How much narrower than the spread between processes the repeats within one may be and still
+/// count as spreading as widely.
+const WITHIN_MARGIN: f64 = 0.05;
 
 /// One configuration's medians as one process measured them.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +37,8 @@ struct ProcessRow {
     membw_gb_s: f64,
     /// Median, slowest and fastest bandwidth probe before the process's decode repeats.
     decode_membw: Option<(f64, f64, f64)>,
+    /// The slowest and fastest of the process's decode repeats.
+    decode_range: Option<(f64, f64)>,
     huge_page_pct: Option<f64>,
     others_cpu_pct: Option<f64>,
     steal_pct: Option<f64>,
@@ -182,6 +187,7 @@ fn parse_csv(text: &str, round: usize) -> Result<Vec<ProcessRow>> {
                 .zip(opt("decode_membw_min_gb_s"))
                 .zip(opt("decode_membw_max_gb_s"))
                 .map(|((m, lo), hi)| (m, lo, hi)),
+            decode_range: opt("decode_tok_s_min").zip(opt("decode_tok_s_max")),
             huge_page_pct: opt("huge_page_pct"),
             others_cpu_pct: opt("others_cpu_pct"),
             steal_pct: opt("steal_pct"),
@@ -281,6 +287,20 @@ impl Config<'_> {
         correlation(&pairs?)
     }
 
+    /// The median over processes of each one's slowest decode repeat over its fastest, if every
+    /// process reported its repeats: how far one process's speed moved while it ran.
+    fn within_process_ratio(&self) -> Option<f64> {
+        let v: Option<Vec<f64>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                r.decode_range
+                    .map(|(lo, hi)| if hi > 0.0 { lo / hi } else { 1.0 })
+            })
+            .collect();
+        v.filter(|v| !v.is_empty()).map(|v| bench::median(&v))
+    }
+
     /// Processes whose bandwidth probes moved by more than [`SPREAD_WARN_RATIO`] allows between
     /// one decode repeat and the next.
     fn moved_within(&self) -> usize {
@@ -360,11 +380,11 @@ fn print_table(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessR
         );
     }
     outln!();
-    outln!("| round | pid | model | quant | threads | pp tok/s | tg tok/s | membw GB/s | GB/s during tg (min – max) | huge pages % | others' CPU % | steal % | CPUs busy | slowest worker | worker CPUs | invol. switches | migrations | load avg |");
+    outln!("| round | pid | model | quant | threads | pp tok/s | tg tok/s (repeats min – max) | membw GB/s | GB/s during tg (min – max) | huge pages % | others' CPU % | steal % | CPUs busy | slowest worker | worker CPUs | invol. switches | migrations | load avg |");
     outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         outln!(
-            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1}{} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.round,
             r.pid,
             r.model,
@@ -372,6 +392,8 @@ fn print_table(machine: &Machine, rounds: usize, command: &str, rows: &[ProcessR
             r.threads,
             r.prefill_tok_s,
             r.decode_tok_s,
+            r.decode_range
+                .map_or(String::new(), |(lo, hi)| format!(" ({lo:.1} – {hi:.1})")),
             r.membw_gb_s,
             r.decode_membw.map_or("n/a".to_string(), |(m, lo, hi)| format!(
                 "{m:.1} ({lo:.1} – {hi:.1})"
@@ -405,6 +427,15 @@ fn warnings(configs: &[Config<'_>]) -> Vec<String> {
                 "WARNING: {} {} t={}: decode differs between processes: slowest {:.1}, fastest {:.1} tok/s ({:.0}% apart); compare single runs with care",
                 c.model, c.quant, c.threads, d.min, d.max, 100.0 * (1.0 - d.ratio())
             ));
+            if let Some(within) = c
+                .within_process_ratio()
+                .filter(|&w| w <= d.ratio() + WITHIN_MARGIN)
+            {
+                out.push(format!(
+                    "NOTE: {} {} t={}: within each process the decode repeats themselves ranged as widely (slowest / fastest {within:.2}, median over processes) as the processes did ({:.2}): the speed changed while each process ran, not from one process to the next",
+                    c.model, c.quant, c.threads, d.ratio()
+                ));
+            }
             if let (Some(bw), Some(r)) = (c.decode_membw(), c.decode_follows_membw()) {
                 if bw.ratio() < SPREAD_WARN_RATIO && r >= FOLLOWS_BANDWIDTH {
                     out.push(format!(
@@ -524,7 +555,7 @@ mod tests {
         s
     }
 
-    const ROW: &str = "synthetic 124M,q8,2,128,128,128,f16,700.5,220.25,4.5,5.4,6.7,182.6,28.9,35.0,83.00,100.00,12.50,0.10,1.90,0.95,0 1,7,3,1.25,4242,34.0,33.0,35.0";
+    const ROW: &str = "synthetic 124M,q8,2,128,128,128,f16,700.5,220.25,4.5,5.4,6.7,182.6,28.9,35.0,83.00,100.00,12.50,0.10,1.90,0.95,0 1,7,3,1.25,4242,34.0,33.0,35.0,218.0,222.0";
 
     #[test]
     fn process_rows_are_read_by_column_name() {
@@ -596,6 +627,41 @@ mod tests {
         assert!(!w.iter().any(|w| w.contains("decode followed it")), "{w:?}");
         assert_eq!(correlation(&[(1.0, 2.0), (2.0, 4.0)]), None);
         assert_eq!(correlation(&[(1.0, 2.0), (2.0, 2.0), (3.0, 2.0)]), None);
+    }
+
+    #[test]
+    fn processes_that_each_moved_as_much_are_said_to() {
+        // Decode 150 and 220 in two processes, each of whose repeats ranged 150-220: the speed
+        // moved over time. With steady repeats (218-222) the processes differ on their own.
+        let moving = ROW.replace(",218.0,222.0", ",150.0,220.0");
+        let slow = moving.replace("220.25", "150.0");
+        let rows: Vec<ProcessRow> = [&moving, &slow, &moving]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| parse_csv(&csv(&[r]), i + 1).unwrap())
+            .collect();
+        let w = warnings(&configs(&rows));
+        assert!(
+            w.iter()
+                .any(|w| w.contains("changed while each process ran")),
+            "{w:?}"
+        );
+        let slow = ROW.replace("220.25", "150.0");
+        let rows: Vec<ProcessRow> = [ROW, &slow, ROW]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| parse_csv(&csv(&[r]), i + 1).unwrap())
+            .collect();
+        let w = warnings(&configs(&rows));
+        assert!(
+            w.iter().any(|w| w.contains("differs between processes")),
+            "{w:?}"
+        );
+        assert!(
+            !w.iter()
+                .any(|w| w.contains("changed while each process ran")),
+            "{w:?}"
+        );
     }
 
     #[test]
