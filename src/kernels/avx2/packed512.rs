@@ -204,18 +204,15 @@ struct Span<'d> {
 unsafe fn pack<W: Weights>(w: &[W], nb: usize, r0: usize, b0: usize, out: &mut [PackedBlock]) {
     for (j, pb) in out.iter_mut().enumerate() {
         let block = |r: usize| &w[(r0 + r) * nb + b0 + j];
-        for half in 0..2 {
-            let mut rows = [_mm256_setzero_si256(); 8];
-            for (r, v) in rows.iter_mut().enumerate() {
-                *v = block(8 * half + r).unsigned_bytes();
-            }
-            for (k, v) in super::packed::transpose_dwords(rows)
-                .into_iter()
-                .enumerate()
-            {
-                // Writes exactly 32 bytes within the 64 of `pb.q[k]`.
-                _mm256_storeu_si256(pb.q[k][32 * half..].as_mut_ptr().cast(), v);
-            }
+        // Vector `i`: row `i`'s 32 bytes, then row `i + 8`'s.
+        let mut rows = [_mm512_setzero_si512(); 8];
+        for (i, v) in rows.iter_mut().enumerate() {
+            let (lo, hi) = (block(i).unsigned_bytes(), block(i + 8).unsigned_bytes());
+            *v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        }
+        for (k, v) in transpose_dwords_16(rows).into_iter().enumerate() {
+            // Writes exactly the 64 bytes of `pb.q[k]` (aligned).
+            _mm512_store_si512(pb.q[k].as_mut_ptr().cast(), v);
         }
         let mut bits = [0u16; GROUP_ROWS];
         for (r, b) in bits.iter_mut().enumerate() {
@@ -225,6 +222,59 @@ unsafe fn pack<W: Weights>(w: &[W], nb: usize, r0: usize, b0: usize, out: &mut [
         let halves = _mm256_loadu_si256(bits.as_ptr().cast());
         _mm512_store_ps(pb.d.as_mut_ptr(), _mm512_cvtph_ps(halves));
     }
+}
+
+/// Sixteen rows of eight dwords, given as vectors of rows `i` and `i + 8`, as eight vectors of
+/// sixteen: vector `k` holds dword `k` of rows `0..16` in order.
+///
+/// # Safety
+/// AVX-512 F must be available (it is inlined into [`matmul`]).
+#[inline(always)]
+unsafe fn transpose_dwords_16(m: [__m512i; 8]) -> [__m512i; 8] {
+    // Within each 128-bit lane, rows in fours: `u[k]` (and `u[4 + k]` for rows 4..8 and 12..16)
+    // holds, lane by lane, dword k of rows 0..4, dword k + 4 of rows 0..4, dword k of rows 8..12
+    // and dword k + 4 of rows 8..12.
+    // Plain calls, no closures: a closure's body is not compiled for the caller's features.
+    let (t01l, t01h) = (
+        _mm512_unpacklo_epi32(m[0], m[1]),
+        _mm512_unpackhi_epi32(m[0], m[1]),
+    );
+    let (t23l, t23h) = (
+        _mm512_unpacklo_epi32(m[2], m[3]),
+        _mm512_unpackhi_epi32(m[2], m[3]),
+    );
+    let (t45l, t45h) = (
+        _mm512_unpacklo_epi32(m[4], m[5]),
+        _mm512_unpackhi_epi32(m[4], m[5]),
+    );
+    let (t67l, t67h) = (
+        _mm512_unpacklo_epi32(m[6], m[7]),
+        _mm512_unpackhi_epi32(m[6], m[7]),
+    );
+    let u = [
+        _mm512_unpacklo_epi64(t01l, t23l),
+        _mm512_unpackhi_epi64(t01l, t23l),
+        _mm512_unpacklo_epi64(t01h, t23h),
+        _mm512_unpackhi_epi64(t01h, t23h),
+        _mm512_unpacklo_epi64(t45l, t67l),
+        _mm512_unpackhi_epi64(t45l, t67l),
+        _mm512_unpacklo_epi64(t45h, t67h),
+        _mm512_unpackhi_epi64(t45h, t67h),
+    ];
+    // Dword k of rows 0..16 is lane 0 of u[k], lane 0 of u[4 + k], lane 2 of u[k], lane 2 of
+    // u[4 + k] (qwords 0, 1, 8, 9, 4, 5, 12, 13 of the pair); dword k + 4 the odd lanes.
+    let even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    let odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    [
+        _mm512_permutex2var_epi64(u[0], even, u[4]),
+        _mm512_permutex2var_epi64(u[1], even, u[5]),
+        _mm512_permutex2var_epi64(u[2], even, u[6]),
+        _mm512_permutex2var_epi64(u[3], even, u[7]),
+        _mm512_permutex2var_epi64(u[0], odd, u[4]),
+        _mm512_permutex2var_epi64(u[1], odd, u[5]),
+        _mm512_permutex2var_epi64(u[2], odd, u[6]),
+        _mm512_permutex2var_epi64(u[3], odd, u[7]),
+    ]
 }
 
 /// One chunk against tokens `t0..t0 + T`, written (first chunk) or added into `out`.
