@@ -331,6 +331,7 @@ unsafe fn finish(dest: &Dest<'_>, t: usize, r0: usize, v: __m512) {
     match epi.then {
         Then::Store => _mm512_storeu_ps(p, v),
         Then::Add => _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), v)),
+        // This table's GELU (`epi.gelu` is `elem512::gelu_tanh` here), one vector of it.
         Then::GeluTanh => _mm512_storeu_ps(p, super::elem512::gelu_ps(v)),
         Then::GeluErf => {
             _mm512_storeu_ps(p, v);
