@@ -488,7 +488,13 @@ impl<'m> Session<'m> {
     /// Runs up to `batch` tokens and returns every position's logits, `(tokens.len(), n_vocab)`
     /// row-major. Needs a session made with `all_logits`.
     pub fn forward_batch(&mut self, tokens: &[u32]) -> Result<&[f32]> {
-        self.forward_observed(tokens, &mut |_, _| {})
+        let mut result = Ok(());
+        with_a_worker_awake(|| {
+            result = self.forward_observed(tokens, &mut |_, _| {}).map(|_| ());
+        });
+        result?;
+        let v = self.model.hparams.n_vocab as usize;
+        Ok(&self.scratch.logits[..tokens.len() * v])
     }
 
     /// As [`Session::forward_batch`], also handing `observer` the input of every weight matrix
