@@ -629,30 +629,30 @@ mod tests {
         assert_eq!(correlation(&[(1.0, 2.0), (2.0, 2.0), (3.0, 2.0)]), None);
     }
 
+    /// The warnings for processes (rounds 1, 2, …) that printed these CSV rows.
+    fn warnings_for(rows: &[&str]) -> Vec<String> {
+        let rows: Vec<ProcessRow> = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| parse_csv(&csv(&[r]), i + 1).unwrap())
+            .collect();
+        warnings(&configs(&rows))
+    }
+
     #[test]
     fn processes_that_each_moved_as_much_are_said_to() {
         // Decode 150 and 220 in two processes, each of whose repeats ranged 150-220: the speed
         // moved over time. With steady repeats (218-222) the processes differ on their own.
         let moving = ROW.replace(",218.0,222.0", ",150.0,220.0");
         let slow = moving.replace("220.25", "150.0");
-        let rows: Vec<ProcessRow> = [&moving, &slow, &moving]
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| parse_csv(&csv(&[r]), i + 1).unwrap())
-            .collect();
-        let w = warnings(&configs(&rows));
+        let w = warnings_for(&[&moving, &slow, &moving]);
         assert!(
             w.iter()
                 .any(|w| w.contains("changed while each process ran")),
             "{w:?}"
         );
         let slow = ROW.replace("220.25", "150.0");
-        let rows: Vec<ProcessRow> = [ROW, &slow, ROW]
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| parse_csv(&csv(&[r]), i + 1).unwrap())
-            .collect();
-        let w = warnings(&configs(&rows));
+        let w = warnings_for(&[ROW, &slow, ROW]);
         assert!(
             w.iter().any(|w| w.contains("differs between processes")),
             "{w:?}"
