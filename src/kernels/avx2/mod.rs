@@ -157,13 +157,13 @@ fn matmul_q8_vnni(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize,
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA, F16C, AVX-512 F,
     // BW and VNNI); shapes checked as in `matmul_q8`.
-    unsafe { matmul_tiles_vnni::<Q8Tile>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles_vnni::<Q8Tile>(w, x, prep, (nb, rows, n), out, None) }
 }
 
 fn matmul_q4_vnni(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: as in `matmul_q8_vnni`.
-    unsafe { matmul_tiles_vnni::<Q4Tile>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles_vnni::<Q4Tile>(w, x, prep, (nb, rows, n), out, None) }
 }
 
 /// [`matmul_q8_vnni`] finished into `dest` ([`super::MatmulIntoFn`]).
@@ -181,7 +181,7 @@ unsafe fn matmul_q8_vnni_into(
 ) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
     // SAFETY: as this function's contract; shapes checked as in `matmul_q8`.
-    unsafe { matmul_tiles_vnni_into::<Q8Tile>(w, x, prep, (nb, rows, n), partial, &dest) }
+    unsafe { matmul_tiles_vnni::<Q8Tile>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
 }
 
 /// [`matmul_q4_vnni`] finished into `dest` ([`super::MatmulIntoFn`]).
@@ -198,7 +198,7 @@ unsafe fn matmul_q4_vnni_into(
 ) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
     // SAFETY: as in `matmul_q8_vnni_into`.
-    unsafe { matmul_tiles_vnni_into::<Q4Tile>(w, x, prep, (nb, rows, n), partial, &dest) }
+    unsafe { matmul_tiles_vnni::<Q4Tile>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -910,72 +910,43 @@ unsafe fn matmul_tiles<F: TileFormat>(
 /// through the one-row kernel as in [`matmul_tiles`]; batches of [`packed::MIN_TOKENS`] or more
 /// on [`packed512`], sixteen rows at a time; the rows left over, and smaller batches, through the
 /// row-major tiles (the prepared terms are [`packed512`]'s, which [`packed`] cannot read).
+/// With a `dest`, every value is finished into it instead: the 512-bit kernel finishes its
+/// groups of sixteen rows in registers (`out` then holds only partial sums), the other rows are
+/// finished from `out`.
 ///
 /// # Safety
 /// As [`matmul_tiles`], with `prep` from [`prepare_q8_vnni`] / [`prepare_q4_vnni`]; AVX-512 F,
-/// BW and VNNI must be available.
+/// BW and VNNI must be available; `dest` as [`super::MatmulIntoFn`] requires.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 unsafe fn matmul_tiles_vnni<F: TileFormat>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
-    nb: usize,
-    rows: usize,
-    n: usize,
+    (nb, rows, n): (usize, usize, usize),
     out: &mut [f32],
+    dest: Option<&Dest<'_>>,
 ) where
     F::W: packed512::Weights,
 {
+    let mut r0 = 0;
     if n == 1 {
         F::decode(w, x, prep, nb, out);
-        return;
-    }
-    let mut r0 = 0;
-    if n >= packed::MIN_TOKENS {
-        let groups = rows / packed512::GROUP_ROWS;
-        packed512::matmul(w, x, &lanes_i32(prep)[..n * nb], (nb, groups, n), out, None);
-        r0 = groups * packed512::GROUP_ROWS;
-    }
-    let at = OutAt::new(OutLayout::TokenMajor, rows, n);
-    row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
-}
-
-/// [`matmul_tiles_vnni`] with each output finished into `dest`: the 512-bit kernel finishes
-/// its groups of sixteen rows in registers; rows outside them (and a batch too small for it) go
-/// through `partial` and are finished from there.
-///
-/// # Safety
-/// As [`matmul_tiles_vnni`], with `dest` as [`super::MatmulIntoFn`] requires.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-unsafe fn matmul_tiles_vnni_into<F: TileFormat>(
-    w: &[F::W],
-    x: &[BlockQ8Act],
-    prep: &[PrepLane],
-    (nb, rows, n): (usize, usize, usize),
-    partial: &mut [f32],
-    dest: &Dest<'_>,
-) where
-    F::W: packed512::Weights,
-{
-    let mut r0 = 0;
-    if n >= packed::MIN_TOKENS {
-        let groups = rows / packed512::GROUP_ROWS;
-        let terms = &lanes_i32(prep)[..n * nb];
-        packed512::matmul(w, x, terms, (nb, groups, n), partial, Some(dest));
-        r0 = groups * packed512::GROUP_ROWS;
-    }
-    if r0 == rows {
-        return;
-    }
-    if n == 1 {
-        F::decode(w, x, prep, nb, partial);
     } else {
+        if n >= packed::MIN_TOKENS {
+            let groups = rows / packed512::GROUP_ROWS;
+            let terms = &lanes_i32(prep)[..n * nb];
+            packed512::matmul(w, x, terms, (nb, groups, n), out, dest);
+            r0 = groups * packed512::GROUP_ROWS;
+        }
         let at = OutAt::new(OutLayout::TokenMajor, rows, n);
-        row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, partial);
+        row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
     }
-    for (t, out) in partial.chunks_exact(rows).enumerate() {
+    let Some(dest) = dest.filter(|_| r0 < rows) else {
+        return;
+    };
+    for (t, o) in out.chunks_exact(rows).enumerate() {
         // SAFETY: rows `r0..rows` of token `t < n` are the call's, lent to it by the contract.
-        unsafe { dest.put(t, r0, &out[r0..]) };
+        unsafe { dest.put(t, r0, &o[r0..]) };
     }
 }
 
