@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::{self, CausalTile};
@@ -114,18 +115,60 @@ impl Store {
             // `half`'s slice conversion takes four or eight values per instruction where the
             // CPU has one for it (F16C, aarch64 FP16), rounding as `f16::from_f32` does.
             Store::F16(v) => v[o..o + hd].convert_from_f32_slice(x),
-            Store::Q8 { q, scale } => {
-                let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                for (dst, &s) in q[o..o + hd].iter_mut().zip(x) {
-                    *dst = (s * inv).round().clamp(-127.0, 127.0) as i8;
-                }
-                scale[row] = d;
-            }
+            Store::Q8 { q, scale } => put_q8(&mut q[o..o + hd], &mut scale[row], x),
+        }
+    }
+
+    /// Writes positions `pos..pos + n` of `heads` consecutive heads whose rows start at row
+    /// `first` (`capacity` rows a head), the heads in parallel; `x(h, t)` is head `h`'s row for
+    /// position `pos + t`.
+    fn put_heads<'x>(
+        &mut self,
+        (first, heads, capacity): (usize, usize, usize),
+        (pos, n, hd): (usize, usize, usize),
+        x: impl Fn(usize, usize) -> &'x [f32] + Sync,
+    ) {
+        let (rows, elems) = (first..first + heads * capacity, capacity * hd);
+        let span = rows.start * hd..rows.end * hd;
+        let row = |t: usize| (pos + t) * hd..(pos + t + 1) * hd;
+        match self {
+            Store::F32(v) => v[span]
+                .par_chunks_mut(elems)
+                .enumerate()
+                .for_each(|(h, v)| {
+                    (0..n).for_each(|t| v[row(t)].copy_from_slice(x(h, t)));
+                }),
+            Store::F16(v) => v[span]
+                .par_chunks_mut(elems)
+                .enumerate()
+                .for_each(|(h, v)| {
+                    (0..n).for_each(|t| v[row(t)].convert_from_f32_slice(x(h, t)));
+                }),
+            Store::Q8 { q, scale } => q[span]
+                .par_chunks_mut(elems)
+                .zip(scale[rows].par_chunks_mut(capacity))
+                .enumerate()
+                .for_each(|(h, (q, scale))| {
+                    (0..n).for_each(|t| put_q8(&mut q[row(t)], &mut scale[pos + t], x(h, t)));
+                }),
         }
     }
 }
+
+/// `x` quantised into `q` with its scale (see [`KvType::Q8`]).
+fn put_q8(q: &mut [i8], scale: &mut f32, x: &[f32]) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (dst, &s) in q.iter_mut().zip(x) {
+        *dst = (s * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    *scale = d;
+}
+
+/// Positions from which [`KvCache::store_batch`] stores the heads in parallel: fewer (a decode
+/// step's one) are not worth the tasks.
+pub const PARALLEL_MIN_POSITIONS: usize = 8;
 
 /// Keys and values for every layer, head and cached position.
 pub struct KvCache {
@@ -225,6 +268,38 @@ impl KvCache {
             self.keys.put(row, hd, &k[h * hd..(h + 1) * hd]);
             self.values.put(row, hd, &v[h * hd..(h + 1) * hd]);
         }
+    }
+
+    /// Stores the keys and values of positions `pos..pos + n` for `layer` from `qkv`: `n` rows
+    /// of queries, keys and values (`3 · n_head · head_dim` each, as the attention projection
+    /// produces them). A batch of [`PARALLEL_MIN_POSITIONS`] or more is stored a head at a time
+    /// in parallel, keys and values at once; the result is that of [`KvCache::store`] row by row.
+    pub fn store_batch(&mut self, layer: usize, pos: usize, qkv: &[f32]) {
+        let (hd, heads) = (self.head_dim, self.n_head);
+        let e = heads * hd;
+        assert!(
+            e > 0 && qkv.len().is_multiple_of(3 * e),
+            "KV cache: rows of queries, keys and values"
+        );
+        let n = qkv.len() / (3 * e);
+        assert!(
+            layer < self.n_layer && pos + n <= self.capacity,
+            "KV cache index out of range"
+        );
+        if n < PARALLEL_MIN_POSITIONS {
+            for (t, row) in qkv.chunks_exact(3 * e).enumerate() {
+                self.store(layer, pos + t, &row[e..2 * e], &row[2 * e..]);
+            }
+            return;
+        }
+        let heads_at = (self.row(layer, 0, 0), heads, self.capacity);
+        let src =
+            |part: usize| move |h: usize, t: usize| &qkv[t * 3 * e + part * e + h * hd..][..hd];
+        let (keys, values) = (&mut self.keys, &mut self.values);
+        rayon::join(
+            || keys.put_heads(heads_at, (pos, n, hd), src(1)),
+            || values.put_heads(heads_at, (pos, n, hd), src(2)),
+        );
     }
 
     /// `out[p] = scale · (q · key[p])` for positions `p` in `0..out.len()` of one layer and head.
@@ -388,6 +463,49 @@ mod tests {
             }
         }
         (c, all_k, all_v)
+    }
+
+    fn same_contents(a: &Store, b: &Store) -> bool {
+        match (a, b) {
+            (Store::F32(a), Store::F32(b)) => a == b,
+            (Store::F16(a), Store::F16(b)) => a == b,
+            (Store::Q8 { q, scale }, Store::Q8 { q: q2, scale: s2 }) => q == q2 && scale == s2,
+            _ => false,
+        }
+    }
+
+    /// A batch stored at once (in parallel from `PARALLEL_MIN_POSITIONS` on, on two threads)
+    /// leaves the cache exactly as storing its rows one by one does, for every type, a batch
+    /// below the threshold, one at an offset and one ending at the capacity.
+    #[test]
+    fn a_batch_is_stored_as_its_rows_one_by_one() {
+        let (layers, heads, hd, cap) = (2, 3, 8, 40);
+        let e = heads * hd;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for kind in KvType::ALL {
+            for (pos, n) in [(0, 3), (5, 20), (cap - 9, 9)] {
+                let qkv: Vec<f32> = (0..n * 3 * e)
+                    .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                    .collect();
+                let mut one = KvCache::with_type(layers, heads, hd, cap, kind).unwrap();
+                let mut batch = KvCache::with_type(layers, heads, hd, cap, kind).unwrap();
+                for (t, row) in qkv.chunks_exact(3 * e).enumerate() {
+                    one.store(1, pos + t, &row[e..2 * e], &row[2 * e..]);
+                }
+                pool.install(|| batch.store_batch(1, pos, &qkv));
+                assert!(
+                    same_contents(&one.keys, &batch.keys),
+                    "{kind} {pos}+{n}: keys"
+                );
+                assert!(
+                    same_contents(&one.values, &batch.values),
+                    "{kind} {pos}+{n}: values"
+                );
+            }
+        }
     }
 
     #[test]

@@ -648,10 +648,7 @@ fn self_attention(
         &mut s.matmul,
         Then::Store,
     );
-    for t in 0..n {
-        let qkv = &s.qkv[t * 3 * e..(t + 1) * 3 * e];
-        cache.store(layer, pos + t, &qkv[e..2 * e], &qkv[2 * e..]);
-    }
+    cache.store_batch(layer, pos, &s.qkv[..n * 3 * e]);
     let heads = Heads {
         n_head: hp.n_head as usize,
         head_dim: hp.head_dim(),
