@@ -127,7 +127,7 @@ pub(crate) unsafe fn exp_ps(x: __m256) -> __m256 {
 /// The CPU must support AVX2 and FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gelu_ps(x: __m256) -> __m256 {
+pub(super) unsafe fn gelu_ps(x: __m256) -> __m256 {
     const C: f32 = 0.044715;
     // −2 · √(2/π)
     const M2K: f32 = -2.0 * 0.797_884_6;

@@ -41,7 +41,7 @@ use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act, QK};
 pub(super) unsafe fn ops() -> Ops {
     Ops {
         path: KernelPath::Avx2,
-        out_layout: OutLayout::RowMajor,
+        out_layout: OutLayout::TokenMajor,
         quantize_act,
         prepare_q8: prepare_nothing,
         prepare_q4,
@@ -57,7 +57,10 @@ pub(super) unsafe fn ops() -> Ops {
         axpy_f16: elem::axpy_f16,
         scores_f16: attn::scores_f16,
         weighted_sum_f16: attn::weighted_sum_f16,
-        matmul_into: None,
+        matmul_into: Some(MatmulInto {
+            q8: matmul_into::<Q8Tile>,
+            q4: matmul_into::<Q4Tile>,
+        }),
     }
 }
 
@@ -75,8 +78,8 @@ pub(super) unsafe fn vnni_ops() -> Ops {
         matmul_q4: matmul_q4_vnni,
         gelu_tanh: elem512::gelu_tanh,
         matmul_into: Some(MatmulInto {
-            q8: matmul_q8_vnni_into,
-            q4: matmul_q4_vnni_into,
+            q8: matmul_vnni_into::<Q8Tile>,
+            q4: matmul_vnni_into::<Q4Tile>,
         }),
         ..ops()
     }
@@ -119,13 +122,31 @@ fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out:
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C); the shapes were
     // checked: `w` holds `rows · nb` blocks, `x` holds `n · nb`, `out` holds `rows · n`.
-    unsafe { matmul_tiles::<Q8Tile>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles::<Q8Tile>(w, x, prep, (nb, rows, n), out, None) }
 }
 
 fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: as in `matmul_q8`.
-    unsafe { matmul_tiles::<Q4Tile>(w, x, prep, nb, rows, n, out) }
+    unsafe { matmul_tiles::<Q4Tile>(w, x, prep, (nb, rows, n), out, None) }
+}
+
+/// [`matmul_q8`] or [`matmul_q4`] finished into `dest` ([`super::MatmulIntoFn`]).
+///
+/// # Safety
+/// As [`super::MatmulIntoFn`]; only reachable through `ops()`'s table (CPU has AVX2, FMA,
+/// F16C).
+unsafe fn matmul_into<F: TileFormat>(
+    w: &[F::W],
+    x: &[BlockQ8Act],
+    prep: &[PrepLane],
+    nb: usize,
+    partial: &mut [f32],
+    dest: Dest<'_>,
+) {
+    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
+    // SAFETY: as this function's contract; shapes checked as in `matmul_q8`.
+    unsafe { matmul_tiles::<F>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
 }
 
 /// Prepares `x` for [`matmul_q8_vnni`]: for a batch, `−128 · Σ q_x` per block.
@@ -166,39 +187,24 @@ fn matmul_q4_vnni(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize,
     unsafe { matmul_tiles_vnni::<Q4Tile>(w, x, prep, (nb, rows, n), out, None) }
 }
 
-/// [`matmul_q8_vnni`] finished into `dest` ([`super::MatmulIntoFn`]).
+/// [`matmul_q8_vnni`] or [`matmul_q4_vnni`] finished into `dest` ([`super::MatmulIntoFn`]).
 ///
 /// # Safety
 /// As [`super::MatmulIntoFn`]; only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA,
 /// F16C, AVX-512 F, BW and VNNI).
-unsafe fn matmul_q8_vnni_into(
-    w: &[BlockQ8],
+unsafe fn matmul_vnni_into<F: TileFormat>(
+    w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
     nb: usize,
     partial: &mut [f32],
     dest: Dest<'_>,
-) {
+) where
+    F::W: packed512::Weights,
+{
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
     // SAFETY: as this function's contract; shapes checked as in `matmul_q8`.
-    unsafe { matmul_tiles_vnni::<Q8Tile>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
-}
-
-/// [`matmul_q4_vnni`] finished into `dest` ([`super::MatmulIntoFn`]).
-///
-/// # Safety
-/// As [`matmul_q8_vnni_into`].
-unsafe fn matmul_q4_vnni_into(
-    w: &[BlockQ4],
-    x: &[BlockQ8Act],
-    prep: &[PrepLane],
-    nb: usize,
-    partial: &mut [f32],
-    dest: Dest<'_>,
-) {
-    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
-    // SAFETY: as in `matmul_q8_vnni_into`.
-    unsafe { matmul_tiles_vnni::<Q4Tile>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
+    unsafe { matmul_tiles_vnni::<F>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -868,55 +874,57 @@ unsafe fn token_group<F: TileFormat, const R: usize, const T: usize>(
     }
 }
 
-/// Every row × token of the product. A single token (decode) goes row by row through the
-/// streaming one-row kernel; a batch of [`packed::MIN_TOKENS`] or more through the packed
-/// kernels, eight rows at a time; the rows left over, and smaller batches, through the
-/// row-major tiles: tokens four at a time against two rows at a time, then the last one to
-/// three tokens together.
+/// Every row × token of the product, written token-major (`out` is `(n, rows)`). A single
+/// token (decode) goes row by row through the streaming one-row kernel; a batch of
+/// [`packed::MIN_TOKENS`] or more through the packed kernels, eight rows at a time; the rows
+/// left over, and smaller batches, through the row-major tiles: tokens four at a time against
+/// two rows at a time, then the last one to three tokens together. With a `dest`, every value
+/// is finished into it instead: the packed kernels finish their groups of eight rows in
+/// registers (`out` then holds only partial sums), the other rows are finished from `out`.
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; `w.len() == rows · nb`, `x.len() == n · nb`,
-/// `out.len() == rows · n`; `prep` is at least [`prepared_len`]`(n, nb)` lanes.
+/// `out.len() == rows · n`; `prep` is at least [`prepared_len`]`(n, nb)` lanes; `dest` as
+/// [`super::MatmulIntoFn`] requires.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn matmul_tiles<F: TileFormat>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
-    nb: usize,
-    rows: usize,
-    n: usize,
+    (nb, rows, n): (usize, usize, usize),
     out: &mut [f32],
+    dest: Option<&Dest<'_>>,
 ) {
+    let mut r0 = 0;
     if n == 1 {
         F::decode(w, x, prep, nb, out);
-        return;
+    } else {
+        if n >= packed::MIN_TOKENS {
+            let groups = rows / packed::GROUP_ROWS;
+            let terms = if <F::Packed as packed::PackFormat>::TERMS {
+                &lanes_i32(prep)[..n * nb]
+            } else {
+                &[]
+            };
+            packed::matmul::<F::Packed>(w, x, terms, (nb, groups, n), out, dest);
+            r0 = groups * packed::GROUP_ROWS;
+        }
+        let at = OutAt::new(OutLayout::TokenMajor, rows, n);
+        row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
     }
-    let mut r0 = 0;
-    if n >= packed::MIN_TOKENS {
-        let groups = rows / packed::GROUP_ROWS;
-        let terms = if <F::Packed as packed::PackFormat>::TERMS {
-            &lanes_i32(prep)[..n * nb]
-        } else {
-            &[]
-        };
-        packed::matmul::<F::Packed>(w, x, terms, nb, groups, n, out);
-        r0 = groups * packed::GROUP_ROWS;
-    }
-    let at = OutAt::new(OutLayout::RowMajor, rows, n);
-    row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
+    // SAFETY: as this function's contract.
+    unsafe { finish_rest(dest, out, (r0, rows)) };
 }
 
 /// Every row × token of the product, written token-major (`out` is `(n, rows)`): one token
 /// through the one-row kernel as in [`matmul_tiles`]; batches of [`packed::MIN_TOKENS`] or more
 /// on [`packed512`], sixteen rows at a time; the rows left over, and smaller batches, through the
 /// row-major tiles (the prepared terms are [`packed512`]'s, which [`packed`] cannot read).
-/// With a `dest`, every value is finished into it instead: the 512-bit kernel finishes its
-/// groups of sixteen rows in registers (`out` then holds only partial sums), the other rows are
-/// finished from `out`.
+/// With a `dest`, every value is finished into it instead, as in [`matmul_tiles`].
 ///
 /// # Safety
 /// As [`matmul_tiles`], with `prep` from [`prepare_q8_vnni`] / [`prepare_q4_vnni`]; AVX-512 F,
-/// BW and VNNI must be available; `dest` as [`super::MatmulIntoFn`] requires.
+/// BW and VNNI must be available.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
 unsafe fn matmul_tiles_vnni<F: TileFormat>(
     w: &[F::W],
@@ -941,6 +949,17 @@ unsafe fn matmul_tiles_vnni<F: TileFormat>(
         let at = OutAt::new(OutLayout::TokenMajor, rows, n);
         row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
     }
+    // SAFETY: as this function's contract.
+    unsafe { finish_rest(dest, out, (r0, rows)) };
+}
+
+/// Finishes rows `r0..rows` of every token of `out` `(n, rows)` into `dest`, if there is one:
+/// the rows no packed group finished in registers.
+///
+/// # Safety
+/// `dest` as [`super::MatmulIntoFn`] requires, for a call of `rows` rows.
+#[inline(always)]
+unsafe fn finish_rest(dest: Option<&Dest<'_>>, out: &[f32], (r0, rows): (usize, usize)) {
     let Some(dest) = dest.filter(|_| r0 < rows) else {
         return;
     };

@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::{lanes_i32_mut, PrepLane};
+use crate::kernels::{lanes_i32_mut, Dest, PrepLane, Then};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
 
 /// Rows in a packed group: one i32 lane each.
@@ -311,25 +311,26 @@ pub(super) unsafe fn q4_act_terms(x: &[BlockQ8Act], prep: &mut [PrepLane]) {
     }
 }
 
-/// `out[r · n + t]` for the first `groups · 8` rows of `w` and all `n` tokens of `x` (rows and
-/// tokens of `nb` blocks; `out` is `(rows, n)`), with `terms` from [`q4_act_terms`] if `F`
-/// reads them.
+/// `out[t · rows + r]` for the first `groups · 8` rows of `w` and all `n` tokens of `x` (rows
+/// and tokens of `nb` blocks; `out` is `(n, rows)`, `rows = out.len() / n`), with `terms` from
+/// [`q4_act_terms`] if `F` reads them. With a `dest`, each finished value goes there instead
+/// (bias, then what its epilogue says, in registers) and `out` only holds partial sums.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `w` holds
-/// at least `groups · 8 · nb` blocks, `x`
-/// holds `n · nb` and `out` at least `groups · 8 · n` values; `terms` holds `n · nb` if
-/// [`PackFormat::TERMS`].
+/// AVX2, FMA and F16C must be available; `w` holds at least `groups · 8 · nb` blocks, `x`
+/// holds `n · nb`, `out` holds `n` rows of at least `groups · 8` values, and `terms` holds
+/// `n · nb` if [`PackFormat::TERMS`]; `dest` is valid as [`crate::kernels::MatmulIntoFn`]
+/// requires.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn matmul<F: PackFormat>(
     w: &[F::W],
     x: &[BlockQ8Act],
     terms: &[i32],
-    nb: usize,
-    groups: usize,
-    n: usize,
+    (nb, groups, n): (usize, usize, usize),
     out: &mut [f32],
+    dest: Option<&Dest<'_>>,
 ) {
+    let rows = out.len().checked_div(n).unwrap_or(0);
     let mut packed = [EMPTY; CHUNK_BLOCKS];
     for g in 0..groups {
         let r0 = g * GROUP_ROWS;
@@ -337,37 +338,56 @@ pub(super) unsafe fn matmul<F: PackFormat>(
             let chunk = &mut packed[..CHUNK_BLOCKS.min(nb - b0)];
             pack::<F>(w, nb, r0, b0, chunk);
             let chunk = &*chunk;
-            let span = (r0, n, nb, b0, b0 == 0);
+            let span = Span {
+                r0,
+                rows,
+                nb,
+                b0,
+                first: b0 == 0,
+                dest: dest.filter(|_| b0 + CHUNK_BLOCKS >= nb),
+            };
             let mut t0 = 0;
             while t0 + 4 <= n {
-                tokens::<F, 4>(chunk, x, terms, span, t0, out);
+                tokens::<F, 4>(chunk, x, terms, &span, t0, out);
                 t0 += 4;
             }
             match n - t0 {
-                3 => tokens::<F, 3>(chunk, x, terms, span, t0, out),
-                2 => tokens::<F, 2>(chunk, x, terms, span, t0, out),
-                1 => tokens::<F, 1>(chunk, x, terms, span, t0, out),
+                3 => tokens::<F, 3>(chunk, x, terms, &span, t0, out),
+                2 => tokens::<F, 2>(chunk, x, terms, &span, t0, out),
+                1 => tokens::<F, 1>(chunk, x, terms, &span, t0, out),
                 _ => {}
             }
         }
     }
 }
 
-/// One chunk against tokens `t0..t0 + T`, written (first chunk) or added into `out`.
-/// `span` is `(first row, tokens, blocks per row, first block of the chunk, first chunk?)`.
+/// Where a chunk's results go: rows from `r0` in an output of `rows` per token, tokens of `nb`
+/// blocks, the chunk's first block `b0`, whether it is the first chunk of its rows (written,
+/// not added), and, for the last chunk of a product finished in place, where to.
+struct Span<'d> {
+    r0: usize,
+    rows: usize,
+    nb: usize,
+    b0: usize,
+    first: bool,
+    dest: Option<&'d Dest<'d>>,
+}
+
+/// One chunk against tokens `t0..t0 + T`, written (first chunk) or added into `out`, or
+/// finished into the span's destination.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C (it is inlined into callers compiled for them).
+/// As [`matmul`] (it is inlined into it).
 #[inline(always)]
 unsafe fn tokens<F: PackFormat, const T: usize>(
     packed: &[PackedBlock],
     x: &[BlockQ8Act],
     terms: &[i32],
-    (r0, n, nb, b0, first): (usize, usize, usize, usize, bool),
+    span: &Span<'_>,
     t0: usize,
     out: &mut [f32],
 ) {
-    let len = packed.len();
+    let (len, nb, b0) = (packed.len(), span.nb, span.b0);
     let xs: [&[BlockQ8Act]; T] = std::array::from_fn(|k| &x[(t0 + k) * nb + b0..][..len]);
     let ts: [&[i32]; T] = std::array::from_fn(|k| {
         if terms.is_empty() {
@@ -378,11 +398,44 @@ unsafe fn tokens<F: PackFormat, const T: usize>(
     });
     let acc = F::chunk::<T>(packed, &xs, &ts);
     for (k, a) in acc.iter().enumerate() {
-        let mut lanes = [0f32; GROUP_ROWS];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
-        for (r, v) in lanes.iter().enumerate() {
-            let y = &mut out[(r0 + r) * n + t0 + k];
-            *y = if first { *v } else { *y + v };
+        let y = out[(t0 + k) * span.rows + span.r0..][..GROUP_ROWS].as_mut_ptr();
+        // Reads and writes exactly the 8 floats of the slice `y` points into.
+        let sum = if span.first {
+            *a
+        } else {
+            _mm256_add_ps(_mm256_loadu_ps(y), *a)
+        };
+        match span.dest {
+            // SAFETY: rows `r0..r0 + 8` and token `t0 + k` are the call's (the caller's
+            // contract for `dest`).
+            Some(d) => unsafe { finish(d, t0 + k, span.r0, sum) },
+            None => _mm256_storeu_ps(y, sum),
+        }
+    }
+}
+
+/// Eight finished rows from `r0` of token `t`: the product `v` plus the bias, then what the
+/// epilogue says, the arithmetic of [`Dest::put`] in one vector.
+///
+/// # Safety
+/// As [`matmul`]; rows `r0..r0 + 8` and token `t` are within `dest`'s call.
+#[inline(always)]
+unsafe fn finish(dest: &Dest<'_>, t: usize, r0: usize, v: __m256) {
+    let epi = &dest.epi;
+    // Reads exactly the 8 floats of the slice.
+    let v = _mm256_add_ps(v, _mm256_loadu_ps(epi.bias[r0..r0 + GROUP_ROWS].as_ptr()));
+    // SAFETY: as this function's contract.
+    let y = unsafe { dest.run(t, r0, GROUP_ROWS) };
+    let p = y.as_mut_ptr();
+    // Each access is exactly the 8 floats of `y`.
+    match epi.then {
+        Then::Store => _mm256_storeu_ps(p, v),
+        Then::Add => _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), v)),
+        // This table's GELU (`epi.gelu` is `elem::gelu_tanh` here), one vector of it.
+        Then::GeluTanh => _mm256_storeu_ps(p, super::elem::gelu_ps(v)),
+        Then::GeluErf => {
+            _mm256_storeu_ps(p, v);
+            crate::kernels::scalar::gelu_erf(y);
         }
     }
 }
