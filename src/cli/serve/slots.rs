@@ -13,8 +13,8 @@ pub fn run_slot(index: usize, mut session: Session<'_>, scheduler: &Scheduler, m
         let (job, mut cached) = scheduler.next(index);
         if job.is_cancelled() {
             // The client left while the job waited in the queue.
-            job.finish(Err("cancelled".into()));
             scheduler.done(index, cached);
+            job.finish(Err("cancelled".into()));
             continue;
         }
         metrics.slot_started();
@@ -23,8 +23,10 @@ pub fn run_slot(index: usize, mut session: Session<'_>, scheduler: &Scheduler, m
             Ok(finish) => metrics.job_finished(finish),
             Err(_) => cached.clear(),
         }
-        job.finish(result.map_err(|e| e.to_string()));
         metrics.slot_stopped();
+        // The slot is idle before its client hears that the job is done: a client that sends
+        // its next turn at once finds the slot (and the conversation in its cache) free.
         scheduler.done(index, cached);
+        job.finish(result.map_err(|e| e.to_string()));
     }
 }
