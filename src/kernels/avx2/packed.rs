@@ -9,7 +9,8 @@
 //! row. Packing happens on the stack, a chunk of blocks at a time, inside the kernel; the file
 //! format and the one-row decode kernels keep the plain row-major layout.
 //!
-//! * q8: `|x| · sign(w, x)` per group (the sign trick of the one-row kernel), summed in i32.
+//! * q8: `|w| · sign(x, w)` per group (the sign trick, with `|w|` taken once per packed vector
+//!   for all the tile's tokens), summed in i32.
 //! * q4: the unsigned codes go straight into `maddubs` and are summed in i16 over the block
 //!   (at most 8 · 2 · 15 · 128 = 30720, no overflow); the `−8` offset is subtracted once per
 //!   block as `8 · Σ q_x`, from sums taken once per matrix product ([`q4_act_terms`]).
@@ -158,10 +159,12 @@ impl PackFormat for Q8Packed {
             let mut sums = [_mm256_setzero_si256(); T];
             for k in 0..8 {
                 let w = packed_vector(pb, k);
+                // |w| ≤ 127 unsigned, the sign moved onto the activations (which are in
+                // −127..=127, so negating them never wraps): pairs ≤ 2 · 127 · 127.
+                let abs_w = _mm256_abs_epi8(w);
                 for t in 0..T {
                     let xb = group_of_four(&x[t][b], k);
-                    // Weights are in −127..=127 and |x| ≤ 128 fits in u8: pairs ≤ 2 · 127 · 128.
-                    sums[t] = dot4(sums[t], _mm256_sign_epi8(xb, xb), _mm256_sign_epi8(w, xb));
+                    sums[t] = dot4(sums[t], abs_w, _mm256_sign_epi8(xb, w));
                 }
             }
             for t in 0..T {
