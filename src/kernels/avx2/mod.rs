@@ -969,6 +969,45 @@ unsafe fn finish_rest(dest: Option<&Dest<'_>>, out: &[f32], (r0, rows): (usize, 
     }
 }
 
+/// A packed kernel's walk over the weights: groups of `rows` rows, `blocks` blocks of them
+/// packed at a time, group after group.
+#[derive(Clone, Copy)]
+struct Chunks {
+    rows: usize,
+    blocks: usize,
+}
+
+impl Chunks {
+    /// The first row and block of the chunk packed after block `b0` of group `g`, if any.
+    fn next(self, g: usize, b0: usize, groups: usize, nb: usize) -> Option<(usize, usize)> {
+        if b0 + self.blocks < nb {
+            Some((g * self.rows, b0 + self.blocks))
+        } else if g + 1 < groups {
+            Some(((g + 1) * self.rows, 0))
+        } else {
+            None
+        }
+    }
+
+    /// Asks for part `i` of `parts` of the chunk from row `r0` and block `b0` of `w` (rows of
+    /// `nb` blocks), so that packing it does not wait for memory: a batch reads each weight
+    /// from memory once, and a group's rows are more streams than the hardware prefetcher
+    /// follows.
+    #[inline(always)]
+    fn prefetch<W>(self, w: &[W], nb: usize, (r0, b0): (usize, usize), i: usize, parts: usize) {
+        let bytes = self.blocks.min(nb - b0) * std::mem::size_of::<W>();
+        let (rows_from, rows_to) = (i * self.rows / parts, (i + 1) * self.rows / parts);
+        for r in rows_from..rows_to.min(self.rows) {
+            let p = w.as_ptr().wrapping_add((r0 + r) * nb + b0).cast::<i8>();
+            for line in (0..bytes).step_by(64) {
+                // SAFETY: a prefetch is only a hint and never faults, whatever the address; SSE
+                // is part of every x86-64 CPU.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };
+            }
+        }
+    }
+}
+
 /// Where the row-major tiles put row `r` of token `t` in a call's output of `rows` rows and `n`
 /// tokens.
 #[derive(Clone, Copy)]

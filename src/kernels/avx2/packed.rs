@@ -26,6 +26,11 @@ use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
 pub(super) const GROUP_ROWS: usize = 8;
 /// Blocks packed at a time: 32 · 288 bytes stay in L1 while every token passes over them.
 const CHUNK_BLOCKS: usize = 32;
+/// How the kernel walks the weights, for prefetching the next chunk.
+const CHUNKS: super::Chunks = super::Chunks {
+    rows: GROUP_ROWS,
+    blocks: CHUNK_BLOCKS,
+};
 /// Below this many tokens the row-major tiles are faster than packing.
 pub(super) const MIN_TOKENS: usize = 4;
 
@@ -349,8 +354,13 @@ pub(super) unsafe fn matmul<F: PackFormat>(
                 first: b0 == 0,
                 dest: dest.filter(|_| b0 + CHUNK_BLOCKS >= nb),
             };
+            let next = CHUNKS.next(g, b0, groups, nb);
+            let tiles = n / 4;
             let mut t0 = 0;
             while t0 + 4 <= n {
+                if let Some((r, b)) = next {
+                    CHUNKS.prefetch(w, nb, (r, b), t0 / 4, tiles);
+                }
                 tokens::<F, 4>(chunk, x, terms, &span, t0, out);
                 t0 += 4;
             }

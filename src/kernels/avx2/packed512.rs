@@ -24,6 +24,11 @@ use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
 pub(super) const GROUP_ROWS: usize = 16;
 /// Blocks packed at a time: 32 · 576 bytes stay in L1 while the tokens pass over them.
 const CHUNK_BLOCKS: usize = 32;
+/// How the kernel walks the weights, for prefetching the next chunk.
+const CHUNKS: super::Chunks = super::Chunks {
+    rows: GROUP_ROWS,
+    blocks: CHUNK_BLOCKS,
+};
 /// Tokens that meet a packed block together.
 const TILE_TOKENS: usize = 8;
 
@@ -129,12 +134,12 @@ pub(super) unsafe fn matmul<W: Weights>(
                 first: b0 == 0,
                 dest: dest.filter(|_| b0 + CHUNK_BLOCKS >= nb),
             };
-            let next = next_chunk(g, b0, groups, nb);
+            let next = CHUNKS.next(g, b0, groups, nb);
             let tiles = n / TILE_TOKENS;
             let mut t0 = 0;
             while t0 + TILE_TOKENS <= n {
                 if let Some((r, b)) = next {
-                    prefetch_rows(w, nb, (r, b), t0 / TILE_TOKENS, tiles);
+                    CHUNKS.prefetch(w, nb, (r, b), t0 / TILE_TOKENS, tiles);
                 }
                 tokens::<TILE_TOKENS>(chunk, x, terms, &span, t0, out);
                 t0 += TILE_TOKENS;
@@ -149,37 +154,6 @@ pub(super) unsafe fn matmul<W: Weights>(
                 1 => tokens::<1>(chunk, x, terms, &span, t0, out),
                 _ => {}
             }
-        }
-    }
-}
-
-/// The first row and block of the chunk packed after block `b0` of group `g`, if any.
-fn next_chunk(g: usize, b0: usize, groups: usize, nb: usize) -> Option<(usize, usize)> {
-    if b0 + CHUNK_BLOCKS < nb {
-        Some((g * GROUP_ROWS, b0 + CHUNK_BLOCKS))
-    } else if g + 1 < groups {
-        Some(((g + 1) * GROUP_ROWS, 0))
-    } else {
-        None
-    }
-}
-
-/// Asks for part `i` of `parts` of the next chunk's weights (rows `r0..r0 + 16`, blocks from
-/// `b0`), so that packing it does not wait for memory: a batch reads each weight from memory
-/// once, and sixteen rows' runs are more streams than the hardware prefetcher follows.
-///
-/// # Safety
-/// SSE must be available (every x86-64 CPU has it).
-#[inline(always)]
-unsafe fn prefetch_rows<W>(w: &[W], nb: usize, (r0, b0): (usize, usize), i: usize, parts: usize) {
-    let blocks = CHUNK_BLOCKS.min(nb - b0);
-    let bytes = blocks * std::mem::size_of::<W>();
-    let (rows_from, rows_to) = (i * GROUP_ROWS / parts, (i + 1) * GROUP_ROWS / parts);
-    for r in rows_from..rows_to.min(GROUP_ROWS) {
-        let p = w.as_ptr().wrapping_add((r0 + r) * nb + b0).cast::<i8>();
-        for line in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch is only a hint and never faults, whatever the address.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
         }
     }
 }
