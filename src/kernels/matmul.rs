@@ -141,7 +141,7 @@ fn finish_rows(ops: &Ops, epi: &Epilogue<'_>, rows: usize, y: &mut [f32]) {
 /// Where a kernel that finishes its own outputs ([`super::MatmulInto`]) puts them: output row
 /// `r` of the call, token `t`, becomes `W · x + bias[r]` and then what the epilogue says, at
 /// `ptr + t · stride + r`.
-// Only the x86-64 512-bit table finishes its own outputs so far; elsewhere nothing reads these.
+// Only the x86-64 tables finish their own outputs so far; elsewhere nothing reads these.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 pub struct Dest<'a> {

@@ -15,6 +15,10 @@
 //!   one instruction) into two accumulators; q4 handles two blocks per 256-bit vector.
 //! * The float dot products use four FMA accumulators over 32 elements, then 8 at a time, then
 //!   a scalar tail.
+//! * Batches (a prompt) go through the packed kernels ([`packed`]; [`packed512`] where the CPU
+//!   has AVX-512 VNNI), which write each token's outputs together (`OutLayout::TokenMajor`) and
+//!   can finish them in registers — bias, then GELU or the residual add — straight into the
+//!   caller's rows (`Ops::matmul_into`).
 
 mod attn;
 mod decode;
@@ -22,6 +26,7 @@ mod elem;
 mod elem512;
 mod packed;
 mod packed512;
+mod span;
 
 use std::arch::x86_64::*;
 

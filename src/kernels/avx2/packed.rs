@@ -19,7 +19,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernels::{lanes_i32_mut, Dest, PrepLane, Then};
+use super::span::Span;
+use crate::kernels::{lanes_i32_mut, Dest, PrepLane};
 use crate::quant::{BlockQ4, BlockQ8, BlockQ8Act};
 
 /// Rows in a packed group: one i32 lane each.
@@ -374,18 +375,6 @@ pub(super) unsafe fn matmul<F: PackFormat>(
     }
 }
 
-/// Where a chunk's results go: rows from `r0` in an output of `rows` per token, tokens of `nb`
-/// blocks, the chunk's first block `b0`, whether it is the first chunk of its rows (written,
-/// not added), and, for the last chunk of a product finished in place, where to.
-struct Span<'d> {
-    r0: usize,
-    rows: usize,
-    nb: usize,
-    b0: usize,
-    first: bool,
-    dest: Option<&'d Dest<'d>>,
-}
-
 /// One chunk against tokens `t0..t0 + T`, written (first chunk) or added into `out`, or
 /// finished into the span's destination.
 ///
@@ -410,45 +399,9 @@ unsafe fn tokens<F: PackFormat, const T: usize>(
         }
     });
     let acc = F::chunk::<T>(packed, &xs, &ts);
-    for (k, a) in acc.iter().enumerate() {
-        let y = out[(t0 + k) * span.rows + span.r0..][..GROUP_ROWS].as_mut_ptr();
-        // Reads and writes exactly the 8 floats of the slice `y` points into.
-        let sum = if span.first {
-            *a
-        } else {
-            _mm256_add_ps(_mm256_loadu_ps(y), *a)
-        };
-        match span.dest {
-            // SAFETY: rows `r0..r0 + 8` and token `t0 + k` are the call's (the caller's
-            // contract for `dest`).
-            Some(d) => unsafe { finish(d, t0 + k, span.r0, sum) },
-            None => _mm256_storeu_ps(y, sum),
-        }
-    }
-}
-
-/// Eight finished rows from `r0` of token `t`: the product `v` plus the bias, then what the
-/// epilogue says, the arithmetic of [`Dest::put`] in one vector.
-///
-/// # Safety
-/// As [`matmul`]; rows `r0..r0 + 8` and token `t` are within `dest`'s call.
-#[inline(always)]
-unsafe fn finish(dest: &Dest<'_>, t: usize, r0: usize, v: __m256) {
-    let epi = &dest.epi;
-    // Reads exactly the 8 floats of the slice.
-    let v = _mm256_add_ps(v, _mm256_loadu_ps(epi.bias[r0..r0 + GROUP_ROWS].as_ptr()));
-    // SAFETY: as this function's contract.
-    let y = unsafe { dest.run(t, r0, GROUP_ROWS) };
-    let p = y.as_mut_ptr();
-    // Each access is exactly the 8 floats of `y`.
-    match epi.then {
-        Then::Store => _mm256_storeu_ps(p, v),
-        Then::Add => _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), v)),
-        // This table's GELU (`epi.gelu` is `elem::gelu_tanh` here), one vector of it.
-        Then::GeluTanh => _mm256_storeu_ps(p, super::elem::gelu_ps(v)),
-        Then::GeluErf => {
-            _mm256_storeu_ps(p, v);
-            crate::kernels::scalar::gelu_erf(y);
-        }
+    for (k, a) in acc.into_iter().enumerate() {
+        // SAFETY: rows `r0..r0 + 8` and token `t0 + k` are the call's (the caller's contract,
+        // also for `dest`).
+        unsafe { span.put(out, t0 + k, a) };
     }
 }
