@@ -52,8 +52,8 @@ pub(super) unsafe fn ops() -> Ops {
         prepare_q4,
         dot_f16,
         dot_f32,
-        matmul_q8,
-        matmul_q4,
+        matmul_q8: matmul::<Q8Tile, Avx2Batch>,
+        matmul_q4: matmul::<Q4Tile, Avx2Batch>,
         layer_norm: elem::layer_norm,
         gelu_tanh: elem::gelu_tanh,
         softmax: elem::softmax,
@@ -63,8 +63,8 @@ pub(super) unsafe fn ops() -> Ops {
         scores_f16: attn::scores_f16,
         weighted_sum_f16: attn::weighted_sum_f16,
         matmul_into: Some(MatmulInto {
-            q8: matmul_into::<Q8Tile>,
-            q4: matmul_into::<Q4Tile>,
+            q8: matmul_into::<Q8Tile, Avx2Batch>,
+            q4: matmul_into::<Q4Tile, Avx2Batch>,
         }),
     }
 }
@@ -79,12 +79,12 @@ pub(super) unsafe fn vnni_ops() -> Ops {
         out_layout: OutLayout::TokenMajor,
         prepare_q8: prepare_q8_vnni,
         prepare_q4: prepare_q4_vnni,
-        matmul_q8: matmul_q8_vnni,
-        matmul_q4: matmul_q4_vnni,
+        matmul_q8: matmul::<Q8Tile, Vnni512Batch>,
+        matmul_q4: matmul::<Q4Tile, Vnni512Batch>,
         gelu_tanh: elem512::gelu_tanh,
         matmul_into: Some(MatmulInto {
-            q8: matmul_vnni_into::<Q8Tile>,
-            q4: matmul_vnni_into::<Q4Tile>,
+            q8: matmul_into::<Q8Tile, Vnni512Batch>,
+            q4: matmul_into::<Q4Tile, Vnni512Batch>,
         }),
         ..ops()
     }
@@ -109,7 +109,7 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { dot_f32_avx2(a, b) }
 }
 
-/// Prepares `x` for [`matmul_q4`]: the decode kernel's layout for one token, the packed
+/// Prepares `x` for the AVX2 table's q4 products: the decode kernel's layout for one token, the packed
 /// kernels' `8 · Σ q_x` per block for a batch, nothing for the row-major tiles in between.
 fn prepare_q4(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
     let n = x.len().checked_div(nb).unwrap_or(0);
@@ -123,43 +123,49 @@ fn prepare_q4(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
     }
 }
 
-fn matmul_q8(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
+/// Every row of `w` against every token of `x` ([`Ops::matmul_q8`] / [`Ops::matmul_q4`]), with
+/// the batch kernels `B`.
+fn matmul<F: TileFormat, B: Batch>(
+    w: &[F::W],
+    x: &[BlockQ8Act],
+    prep: &[PrepLane],
+    nb: usize,
+    out: &mut [f32],
+) where
+    F::W: packed512::Weights,
+{
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
-    // SAFETY: only reachable through `ops()`'s table (CPU has AVX2, FMA, F16C); the shapes were
+    // SAFETY: only reachable through the tables `ops()` and `vnni_ops()` build, each with its
+    // own batch kernels, whose CPU features the table's contract guarantees; the shapes were
     // checked: `w` holds `rows · nb` blocks, `x` holds `n · nb`, `out` holds `rows · n`.
-    unsafe { matmul_tiles::<Q8Tile>(w, x, prep, (nb, rows, n), out, None) }
+    unsafe { matmul_tiles::<F, B>(w, x, prep, (nb, rows, n), out, None) }
 }
 
-fn matmul_q4(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
-    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
-    // SAFETY: as in `matmul_q8`.
-    unsafe { matmul_tiles::<Q4Tile>(w, x, prep, (nb, rows, n), out, None) }
-}
-
-/// [`matmul_q8`] or [`matmul_q4`] finished into `dest` ([`super::MatmulIntoFn`]).
+/// [`matmul`] finished into `dest` ([`super::MatmulIntoFn`]).
 ///
 /// # Safety
-/// As [`super::MatmulIntoFn`]; only reachable through `ops()`'s table (CPU has AVX2, FMA,
-/// F16C).
-unsafe fn matmul_into<F: TileFormat>(
+/// As [`super::MatmulIntoFn`]; only reachable through the tables, as [`matmul`].
+unsafe fn matmul_into<F: TileFormat, B: Batch>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
     nb: usize,
     partial: &mut [f32],
     dest: Dest<'_>,
-) {
+) where
+    F::W: packed512::Weights,
+{
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
-    // SAFETY: as this function's contract; shapes checked as in `matmul_q8`.
-    unsafe { matmul_tiles::<F>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
+    // SAFETY: as this function's contract; shapes checked as in `matmul`.
+    unsafe { matmul_tiles::<F, B>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
 }
 
-/// Prepares `x` for [`matmul_q8_vnni`]: for a batch, `−128 · Σ q_x` per block.
+/// Prepares `x` for the VNNI table's q8 products: for a batch, `−128 · Σ q_x` per block.
 fn prepare_q8_vnni(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
     prepare_vnni_batch(x, nb, <BlockQ8 as packed512::Weights>::OFFSET, prep);
 }
 
-/// Prepares `x` for [`matmul_q4_vnni`]: one token as for [`matmul_q4`], a batch with
+/// Prepares `x` for the VNNI table's q4 products: one token as for the AVX2 table, a batch with
 /// `−8 · Σ q_x` per block.
 fn prepare_q4_vnni(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
     if x.len() == nb {
@@ -177,39 +183,6 @@ fn prepare_vnni_batch(x: &[BlockQ8Act], nb: usize, offset: i32, prep: &mut [Prep
         // SAFETY: only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA, F16C).
         unsafe { packed512::neg_act_terms(&x[..n * nb], offset, prep) }
     }
-}
-
-fn matmul_q8_vnni(w: &[BlockQ8], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
-    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
-    // SAFETY: only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA, F16C, AVX-512 F,
-    // BW and VNNI); shapes checked as in `matmul_q8`.
-    unsafe { matmul_tiles_vnni::<Q8Tile>(w, x, prep, (nb, rows, n), out, None) }
-}
-
-fn matmul_q4_vnni(w: &[BlockQ4], x: &[BlockQ8Act], prep: &[PrepLane], nb: usize, out: &mut [f32]) {
-    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
-    // SAFETY: as in `matmul_q8_vnni`.
-    unsafe { matmul_tiles_vnni::<Q4Tile>(w, x, prep, (nb, rows, n), out, None) }
-}
-
-/// [`matmul_q8_vnni`] or [`matmul_q4_vnni`] finished into `dest` ([`super::MatmulIntoFn`]).
-///
-/// # Safety
-/// As [`super::MatmulIntoFn`]; only reachable through `vnni_ops()`'s table (CPU has AVX2, FMA,
-/// F16C, AVX-512 F, BW and VNNI).
-unsafe fn matmul_vnni_into<F: TileFormat>(
-    w: &[F::W],
-    x: &[BlockQ8Act],
-    prep: &[PrepLane],
-    nb: usize,
-    partial: &mut [f32],
-    dest: Dest<'_>,
-) where
-    F::W: packed512::Weights,
-{
-    let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
-    // SAFETY: as this function's contract; shapes checked as in `matmul_q8`.
-    unsafe { matmul_tiles_vnni::<F>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -879,59 +852,91 @@ unsafe fn token_group<F: TileFormat, const R: usize, const T: usize>(
     }
 }
 
+/// The packed batch kernels of a table.
+trait Batch {
+    /// Rows in a packed group.
+    const GROUP_ROWS: usize;
+    /// The first `groups · GROUP_ROWS` rows of `w` against the `n` tokens of `x` (rows and
+    /// tokens of `nb` blocks), prepared in `prep` by the table, into `out` `(n, rows)` or, with
+    /// a `dest`, finished there (`out` then holds partial sums).
+    ///
+    /// # Safety
+    /// The CPU must have the kernels' features; otherwise as [`matmul_tiles`].
+    unsafe fn matmul<F: TileFormat>(
+        w: &[F::W],
+        x: &[BlockQ8Act],
+        prep: &[PrepLane],
+        shape: (usize, usize, usize),
+        out: &mut [f32],
+        dest: Option<&Dest<'_>>,
+    ) where
+        F::W: packed512::Weights;
+}
+
+/// [`packed`]: eight rows per group, AVX2 `maddubs`; q4 reads its terms from the preparation.
+struct Avx2Batch;
+
+impl Batch for Avx2Batch {
+    const GROUP_ROWS: usize = packed::GROUP_ROWS;
+    #[inline(always)]
+    unsafe fn matmul<F: TileFormat>(
+        w: &[F::W],
+        x: &[BlockQ8Act],
+        prep: &[PrepLane],
+        (nb, groups, n): (usize, usize, usize),
+        out: &mut [f32],
+        dest: Option<&Dest<'_>>,
+    ) where
+        F::W: packed512::Weights,
+    {
+        let terms = if <F::Packed as packed::PackFormat>::TERMS {
+            &lanes_i32(prep)[..n * nb]
+        } else {
+            &[]
+        };
+        // SAFETY: as this function's contract.
+        unsafe { packed::matmul::<F::Packed>(w, x, terms, (nb, groups, n), out, dest) }
+    }
+}
+
+/// [`packed512`]: sixteen rows per group, AVX-512 `vpdpbusd`, every block's sum started from the
+/// term in the preparation.
+struct Vnni512Batch;
+
+impl Batch for Vnni512Batch {
+    const GROUP_ROWS: usize = packed512::GROUP_ROWS;
+    #[inline(always)]
+    unsafe fn matmul<F: TileFormat>(
+        w: &[F::W],
+        x: &[BlockQ8Act],
+        prep: &[PrepLane],
+        (nb, groups, n): (usize, usize, usize),
+        out: &mut [f32],
+        dest: Option<&Dest<'_>>,
+    ) where
+        F::W: packed512::Weights,
+    {
+        let terms = &lanes_i32(prep)[..n * nb];
+        // SAFETY: as this function's contract.
+        unsafe { packed512::matmul(w, x, terms, (nb, groups, n), out, dest) }
+    }
+}
+
 /// Every row × token of the product, written token-major (`out` is `(n, rows)`). A single
 /// token (decode) goes row by row through the streaming one-row kernel; a batch of
-/// [`packed::MIN_TOKENS`] or more through the packed kernels, eight rows at a time; the rows
-/// left over, and smaller batches, through the row-major tiles: tokens four at a time against
-/// two rows at a time, then the last one to three tokens together. With a `dest`, every value
-/// is finished into it instead: the packed kernels finish their groups of eight rows in
+/// [`packed::MIN_TOKENS`] or more through the batch kernels `B`, a group of rows at a time; the
+/// rows left over, and smaller batches, through the row-major tiles: tokens four at a time
+/// against two rows at a time, then the last one to three tokens together. With a `dest`,
+/// every value is finished into it instead: the batch kernels finish their groups in
 /// registers (`out` then holds only partial sums), the other rows are finished from `out`.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `w.len() == rows · nb`, `x.len() == n · nb`,
-/// `out.len() == rows · n`; `prep` is at least [`prepared_len`]`(n, nb)` lanes; `dest` as
+/// AVX2, FMA and F16C, and `B`'s features, must be available; `w.len() == rows · nb`,
+/// `x.len() == n · nb`, `out.len() == rows · n`; `prep` is at least
+/// [`prepared_len`]`(n, nb)` lanes, prepared by the table `B` belongs to; `dest` as
 /// [`super::MatmulIntoFn`] requires.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn matmul_tiles<F: TileFormat>(
-    w: &[F::W],
-    x: &[BlockQ8Act],
-    prep: &[PrepLane],
-    (nb, rows, n): (usize, usize, usize),
-    out: &mut [f32],
-    dest: Option<&Dest<'_>>,
-) {
-    let mut r0 = 0;
-    if n == 1 {
-        F::decode(w, x, prep, nb, out);
-    } else {
-        if n >= packed::MIN_TOKENS {
-            let groups = rows / packed::GROUP_ROWS;
-            let terms = if <F::Packed as packed::PackFormat>::TERMS {
-                &lanes_i32(prep)[..n * nb]
-            } else {
-                &[]
-            };
-            packed::matmul::<F::Packed>(w, x, terms, (nb, groups, n), out, dest);
-            r0 = groups * packed::GROUP_ROWS;
-        }
-        let at = OutAt::new(OutLayout::TokenMajor, rows, n);
-        row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
-    }
-    // SAFETY: as this function's contract.
-    unsafe { finish_rest(dest, out, (r0, rows)) };
-}
-
-/// Every row × token of the product, written token-major (`out` is `(n, rows)`): one token
-/// through the one-row kernel as in [`matmul_tiles`]; batches of [`packed::MIN_TOKENS`] or more
-/// on [`packed512`], sixteen rows at a time; the rows left over, and smaller batches, through the
-/// row-major tiles (the prepared terms are [`packed512`]'s, which [`packed`] cannot read).
-/// With a `dest`, every value is finished into it instead, as in [`matmul_tiles`].
-///
-/// # Safety
-/// As [`matmul_tiles`], with `prep` from [`prepare_q8_vnni`] / [`prepare_q4_vnni`]; AVX-512 F,
-/// BW and VNNI must be available.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-unsafe fn matmul_tiles_vnni<F: TileFormat>(
+unsafe fn matmul_tiles<F: TileFormat, B: Batch>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
@@ -946,10 +951,10 @@ unsafe fn matmul_tiles_vnni<F: TileFormat>(
         F::decode(w, x, prep, nb, out);
     } else {
         if n >= packed::MIN_TOKENS {
-            let groups = rows / packed512::GROUP_ROWS;
-            let terms = &lanes_i32(prep)[..n * nb];
-            packed512::matmul(w, x, terms, (nb, groups, n), out, dest);
-            r0 = groups * packed512::GROUP_ROWS;
+            let groups = rows / B::GROUP_ROWS;
+            // SAFETY: as this function's contract.
+            unsafe { B::matmul::<F>(w, x, prep, (nb, groups, n), out, dest) };
+            r0 = groups * B::GROUP_ROWS;
         }
         let at = OutAt::new(OutLayout::TokenMajor, rows, n);
         row_major_tiles::<F>(w, x, nb, (r0, rows), n, at, out);
