@@ -999,6 +999,26 @@ impl Chunks {
         }
     }
 
+    /// Where the chunk from block `b0` of group `g` puts its results, in an output of `rows`
+    /// per token and tokens of `nb` blocks: written for the first chunk of the group, added for
+    /// the others, and finished into `dest` (if any) for the last.
+    fn span<'d>(
+        self,
+        (g, b0): (usize, usize),
+        rows: usize,
+        nb: usize,
+        dest: Option<&'d Dest<'d>>,
+    ) -> span::Span<'d> {
+        span::Span {
+            r0: g * self.rows,
+            rows,
+            nb,
+            b0,
+            first: b0 == 0,
+            dest: dest.filter(|_| b0 + self.blocks >= nb),
+        }
+    }
+
     /// Asks for part `i` of `parts` of the chunk from row `r0` and block `b0` of `w` (rows of
     /// `nb` blocks), so that packing it does not wait for memory: a batch reads each weight
     /// from memory once, and a group's rows are more streams than the hardware prefetcher

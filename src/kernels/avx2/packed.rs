@@ -347,14 +347,7 @@ pub(super) unsafe fn matmul<F: PackFormat>(
             let chunk = &mut packed[..CHUNK_BLOCKS.min(nb - b0)];
             pack::<F>(w, nb, r0, b0, chunk);
             let chunk = &*chunk;
-            let span = Span {
-                r0,
-                rows,
-                nb,
-                b0,
-                first: b0 == 0,
-                dest: dest.filter(|_| b0 + CHUNK_BLOCKS >= nb),
-            };
+            let span = CHUNKS.span((g, b0), rows, nb, dest);
             let next = CHUNKS.next(g, b0, groups, nb);
             let tiles = n / 4;
             let mut t0 = 0;

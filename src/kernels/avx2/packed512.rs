@@ -127,14 +127,7 @@ pub(super) unsafe fn matmul<W: Weights>(
         for b0 in (0..nb).step_by(CHUNK_BLOCKS) {
             let chunk = &mut packed[..CHUNK_BLOCKS.min(nb - b0)];
             pack(w, nb, r0, b0, chunk);
-            let span = Span {
-                r0,
-                rows,
-                nb,
-                b0,
-                first: b0 == 0,
-                dest: dest.filter(|_| b0 + CHUNK_BLOCKS >= nb),
-            };
+            let span = CHUNKS.span((g, b0), rows, nb, dest);
             let next = CHUNKS.next(g, b0, groups, nb);
             let tiles = n / TILE_TOKENS;
             let mut t0 = 0;
