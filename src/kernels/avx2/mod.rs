@@ -125,15 +125,13 @@ fn prepare_q4(x: &[BlockQ8Act], nb: usize, prep: &mut [PrepLane]) {
 
 /// Every row of `w` against every token of `x` ([`Ops::matmul_q8`] / [`Ops::matmul_q4`]), with
 /// the batch kernels `B`.
-fn matmul<F: TileFormat, B: Batch>(
+fn matmul<F: TileFormat, B: Batch<F>>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
     nb: usize,
     out: &mut [f32],
-) where
-    F::W: packed512::Weights,
-{
+) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, out.len());
     // SAFETY: only reachable through the tables `ops()` and `vnni_ops()` build, each with its
     // own batch kernels, whose CPU features the table's contract guarantees; the shapes were
@@ -145,16 +143,14 @@ fn matmul<F: TileFormat, B: Batch>(
 ///
 /// # Safety
 /// As [`super::MatmulIntoFn`]; only reachable through the tables, as [`matmul`].
-unsafe fn matmul_into<F: TileFormat, B: Batch>(
+unsafe fn matmul_into<F: TileFormat, B: Batch<F>>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
     nb: usize,
     partial: &mut [f32],
     dest: Dest<'_>,
-) where
-    F::W: packed512::Weights,
-{
+) {
     let (rows, n) = super::tile_shape(w.len(), x.len(), nb, partial.len());
     // SAFETY: as this function's contract; shapes checked as in `matmul`.
     unsafe { matmul_tiles::<F, B>(w, x, prep, (nb, rows, n), partial, Some(&dest)) }
@@ -852,8 +848,8 @@ unsafe fn token_group<F: TileFormat, const R: usize, const T: usize>(
     }
 }
 
-/// The packed batch kernels of a table.
-trait Batch {
+/// The packed batch kernels of a table, for weights of format `F`.
+trait Batch<F: TileFormat> {
     /// Rows in a packed group.
     const GROUP_ROWS: usize;
     /// The first `groups · GROUP_ROWS` rows of `w` against the `n` tokens of `x` (rows and
@@ -862,33 +858,30 @@ trait Batch {
     ///
     /// # Safety
     /// The CPU must have the kernels' features; otherwise as [`matmul_tiles`].
-    unsafe fn matmul<F: TileFormat>(
+    unsafe fn matmul(
         w: &[F::W],
         x: &[BlockQ8Act],
         prep: &[PrepLane],
         shape: (usize, usize, usize),
         out: &mut [f32],
         dest: Option<&Dest<'_>>,
-    ) where
-        F::W: packed512::Weights;
+    );
 }
 
 /// [`packed`]: eight rows per group, AVX2 `maddubs`; q4 reads its terms from the preparation.
 struct Avx2Batch;
 
-impl Batch for Avx2Batch {
+impl<F: TileFormat> Batch<F> for Avx2Batch {
     const GROUP_ROWS: usize = packed::GROUP_ROWS;
     #[inline(always)]
-    unsafe fn matmul<F: TileFormat>(
+    unsafe fn matmul(
         w: &[F::W],
         x: &[BlockQ8Act],
         prep: &[PrepLane],
         (nb, groups, n): (usize, usize, usize),
         out: &mut [f32],
         dest: Option<&Dest<'_>>,
-    ) where
-        F::W: packed512::Weights,
-    {
+    ) {
         let terms = if <F::Packed as packed::PackFormat>::TERMS {
             &lanes_i32(prep)[..n * nb]
         } else {
@@ -903,19 +896,20 @@ impl Batch for Avx2Batch {
 /// term in the preparation.
 struct Vnni512Batch;
 
-impl Batch for Vnni512Batch {
+impl<F: TileFormat> Batch<F> for Vnni512Batch
+where
+    F::W: packed512::Weights,
+{
     const GROUP_ROWS: usize = packed512::GROUP_ROWS;
     #[inline(always)]
-    unsafe fn matmul<F: TileFormat>(
+    unsafe fn matmul(
         w: &[F::W],
         x: &[BlockQ8Act],
         prep: &[PrepLane],
         (nb, groups, n): (usize, usize, usize),
         out: &mut [f32],
         dest: Option<&Dest<'_>>,
-    ) where
-        F::W: packed512::Weights,
-    {
+    ) {
         let terms = &lanes_i32(prep)[..n * nb];
         // SAFETY: as this function's contract.
         unsafe { packed512::matmul(w, x, terms, (nb, groups, n), out, dest) }
@@ -936,16 +930,14 @@ impl Batch for Vnni512Batch {
 /// [`prepared_len`]`(n, nb)` lanes, prepared by the table `B` belongs to; `dest` as
 /// [`super::MatmulIntoFn`] requires.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn matmul_tiles<F: TileFormat, B: Batch>(
+unsafe fn matmul_tiles<F: TileFormat, B: Batch<F>>(
     w: &[F::W],
     x: &[BlockQ8Act],
     prep: &[PrepLane],
     (nb, rows, n): (usize, usize, usize),
     out: &mut [f32],
     dest: Option<&Dest<'_>>,
-) where
-    F::W: packed512::Weights,
-{
+) {
     let mut r0 = 0;
     if n == 1 {
         F::decode(w, x, prep, nb, out);
@@ -953,7 +945,7 @@ unsafe fn matmul_tiles<F: TileFormat, B: Batch>(
         if n >= packed::MIN_TOKENS {
             let groups = rows / B::GROUP_ROWS;
             // SAFETY: as this function's contract.
-            unsafe { B::matmul::<F>(w, x, prep, (nb, groups, n), out, dest) };
+            unsafe { B::matmul(w, x, prep, (nb, groups, n), out, dest) };
             r0 = groups * B::GROUP_ROWS;
         }
         let at = OutAt::new(OutLayout::TokenMajor, rows, n);

@@ -32,6 +32,8 @@ const CHUNKS: super::Chunks = super::Chunks {
     rows: GROUP_ROWS,
     blocks: CHUNK_BLOCKS,
 };
+/// Tokens that meet a packed block together.
+const TILE_TOKENS: usize = 4;
 /// Below this many tokens the row-major tiles are faster than packing.
 pub(super) const MIN_TOKENS: usize = 4;
 
@@ -349,14 +351,14 @@ pub(super) unsafe fn matmul<F: PackFormat>(
             let chunk = &*chunk;
             let span = CHUNKS.span((g, b0), rows, nb, dest);
             let next = CHUNKS.next(g, b0, groups, nb);
-            let tiles = n / 4;
+            let tiles = n / TILE_TOKENS;
             let mut t0 = 0;
-            while t0 + 4 <= n {
+            while t0 + TILE_TOKENS <= n {
                 if let Some((r, b)) = next {
-                    CHUNKS.prefetch(w, nb, (r, b), t0 / 4, tiles);
+                    CHUNKS.prefetch(w, nb, (r, b), t0 / TILE_TOKENS, tiles);
                 }
-                tokens::<F, 4>(chunk, x, terms, &span, t0, out);
-                t0 += 4;
+                tokens::<F, TILE_TOKENS>(chunk, x, terms, &span, t0, out);
+                t0 += TILE_TOKENS;
             }
             match n - t0 {
                 3 => tokens::<F, 3>(chunk, x, terms, &span, t0, out),
