@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """ONNX Runtime next to `gpt2q bench`: GPT-2 124M with dynamically quantised int8 weights.
 
-The graph is GPT-2 with past key/values, written node by node with onnx.helper from the
-weights (no torch/transformers: PyPI's Linux torch wheel pulls gigabytes of CUDA packages).
-It is the graph an HF export computes: token + position embedding, per layer pre-norm
-attention over past + new keys/values (present_* outputs) and a gelu_new MLP, final norm,
-LM head tied to the token embedding; logits for the last position only, as `gpt2q bench`.
+Two graphs of GPT-2 with past key/values (`--graph`), both with logits for the last position
+only, as `gpt2q bench`:
+  lean  written node by node with onnx.helper from the weights (needs no torch): what an HF
+        export computes — token + position embedding, per layer pre-norm attention over past +
+        new keys/values (present_* outputs) and a gelu_new MLP, final norm, LM head tied to the
+        token embedding — in the fewest nodes (fused LayerNormalization and Gelu, the causal
+        mask an input)
+  hf    transformers' GPT2LMHeadModel exported by torch.onnx (needs torch and transformers):
+        the graph the HF tool chain gives an ORT user, the mask derived from attention_mask
 `quantize_dynamic(weight_type=QInt8)` then turns every weight MatMul into ORT's dynamic int8
 MatMul (per-tensor activation scale computed at run time, MLAS GEMM); the attention's
 activation-activation MatMuls stay float (MatMulConstBOnly, quantize_dynamic's default).
 
-  check    the float graph built from tests/fixtures/tiny-gpt2 reproduces the reference logits
+  check    the float graph of tests/fixtures/tiny-gpt2 reproduces the reference logits
            (tests/fixtures/tiny-gpt2.json) by prefill and by a last step through past k/v
   bench    alternate ORT int8 and `gpt2q bench --synthetic 124M --quant q8`, pp128 and tg128 at
            1 and 2 threads, for --rounds rounds; prints per-measurement lines and a table
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import onnx
@@ -172,6 +177,78 @@ def quantize(fp32_path, int8_path):
                      use_external_data_format=True)
 
 
+def export_hf(model_dir, path):
+    """Exports transformers' GPT-2 with past key/values to `path` through torch.onnx: the model
+    in `model_dir` (HF layout), or GPT-2 124M's shapes with transformers' own random
+    initialisation (normal(0, 0.02), as `gpt2q bench --synthetic`) when it is None. Inputs:
+    input_ids, attention_mask (ones over past + new positions), position_ids, past_key_i /
+    past_value_i [1, H, P, D]; outputs: logits [1, n_vocab] of the last position
+    (`logits_to_keep=1`, so the LM head runs for one position, as in the lean graph),
+    present_key_i / present_value_i."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.cache_utils import DynamicCache
+
+    torch.manual_seed(0)
+    if model_dir is None:
+        model = GPT2LMHeadModel(GPT2Config(**{
+            "vocab_size": SHAPES_124M["n_vocab"], "n_positions": SHAPES_124M["n_ctx"],
+            "n_embd": SHAPES_124M["n_embd"], "n_head": SHAPES_124M["n_head"],
+            "n_layer": SHAPES_124M["n_layer"]}))
+    else:
+        # Float32 whatever the checkpoint stores (the fixture is f16), as the lean graph.
+        model = GPT2LMHeadModel.from_pretrained(model_dir).float()
+    model.eval()
+    c = model.config
+    n_layer, h, hd = c.n_layer, c.n_head, c.n_embd // c.n_head
+
+    class Step(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = DynamicCache()
+            for i in range(n_layer):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.m(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1)
+            layers = out.past_key_values.layers
+            present = [t for layer in layers for t in (layer.keys, layer.values)]
+            return (out.logits[:, -1, :], *present)
+
+    # Traced with 3 past and 4 new positions, so that neither is a special case.
+    p, t = 3, 4
+    args = (torch.randint(0, c.vocab_size, (1, t)), torch.ones(1, p + t, dtype=torch.int64),
+            torch.arange(p, p + t)[None], *[torch.randn(1, h, p, hd) for _ in range(2 * n_layer)])
+    kv = [f"{d}_{kind}_{i}" for i in range(n_layer) for kind in ("key", "value")
+          for d in ("past", "present")]
+    axes = {"input_ids": {1: "T"}, "attention_mask": {1: "PT"}, "position_ids": {1: "T"}}
+    axes.update({name: {2: "P" if name.startswith("past") else "PT"} for name in kv})
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on the Python-side shape tests it freezes; `check --graph hf` runs
+        # the exported graph at other lengths than the traced ones.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Step(model), args, path, dynamo=False, opset_version=17,
+            input_names=["input_ids", "attention_mask", "position_ids"]
+            + [n for n in kv if n.startswith("past")],
+            output_names=["logits"] + [n for n in kv if n.startswith("present")],
+            dynamic_axes=axes)
+
+
+def write_graph(kind, model_dir, path):
+    """The float graph of `kind` (lean or hf) for the fixture in `model_dir`, or for random
+    weights in GPT-2 124M's shapes when it is None."""
+    if kind == "hf":
+        export_hf(model_dir, path)
+    elif model_dir is None:
+        build_gpt2(synthetic_weights(dict(SHAPES_124M)), dict(SHAPES_124M), path)
+    else:
+        build_gpt2(*fixture_weights(model_dir), path)
+
+
 # ---------------------------------------------------------------------------------------------
 # running
 
@@ -192,6 +269,8 @@ class Runner:
         hd = hp["n_embd"] // hp["n_head"]
         self.empty = np.zeros((1, hp["n_head"], 0, hd), np.float32)
         self.names = [o.name for o in self.sess.get_outputs()]
+        # The lean graph takes the causal mask; the HF export builds it from attention_mask.
+        self.masked_by_bias = any(i.name == "attn_bias" for i in self.sess.get_inputs())
 
     def empty_past(self):
         return [self.empty] * (2 * self.hp["n_layer"])
@@ -199,12 +278,14 @@ class Runner:
     def run(self, ids, past):
         """Runs `ids` after `past` (a list of 2*n_layer arrays); returns (logits, present)."""
         p, t = past[0].shape[2], len(ids)
-        # Query i (at position p + i) attends to keys 0..=p + i.
-        allowed = np.arange(p + t)[None, :] <= p + np.arange(t)[:, None]
-        bias = np.where(allowed, 0.0, -1e9).astype(np.float32)[None, None]
         feeds = {"input_ids": np.array([ids], np.int64),
-                 "position_ids": np.arange(p, p + t, dtype=np.int64)[None, :],
-                 "attn_bias": bias}
+                 "position_ids": np.arange(p, p + t, dtype=np.int64)[None, :]}
+        if self.masked_by_bias:
+            # Query i (at position p + i) attends to keys 0..=p + i.
+            allowed = np.arange(p + t)[None, :] <= p + np.arange(t)[:, None]
+            feeds["attn_bias"] = np.where(allowed, 0.0, -1e9).astype(np.float32)[None, None]
+        else:
+            feeds["attention_mask"] = np.ones((1, p + t), np.int64)
         for i in range(self.hp["n_layer"]):
             feeds[f"past_key_{i}"] = past[2 * i]
             feeds[f"past_value_{i}"] = past[2 * i + 1]
@@ -214,12 +295,13 @@ class Runner:
 
 def check(args):
     """The float graph of the tiny fixture reproduces the reference's last-position logits."""
-    w, hp = fixture_weights(os.path.join(REPO, "tests/fixtures/tiny-gpt2"))
+    fixture = os.path.join(REPO, "tests/fixtures/tiny-gpt2")
+    _, hp = fixture_weights(fixture)
     with open(os.path.join(REPO, "tests/fixtures/tiny-gpt2.json")) as f:
         ref = json.load(f)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "tiny.onnx")
-        build_gpt2(w, hp, path)
+        write_graph(args.graph, fixture, path)
         r = Runner(path, hp, 1)
         worst = 0.0
         for prompt in ref["prompts"]:
@@ -236,8 +318,8 @@ def check(args):
                 worst = max(worst, err)
                 if err > 1e-3 or int(np.argmax(g)) != int(np.argmax(want)):
                     sys.exit(f"check FAILED on {prompt['name']!r}: relative error {err:.2e}")
-    print(f"check: the ONNX graph reproduces the reference logits of {len(ref['prompts'])} "
-          f"prompts by prefill and through past key/values (worst relative error {worst:.1e})")
+    print(f"check: the {args.graph} ONNX graph reproduces the reference logits of "
+          f"{len(ref['prompts'])} prompts by prefill and through past key/values (worst relative error {worst:.1e})")
 
 
 def bench_tokens(n, n_vocab):
@@ -283,11 +365,14 @@ def measure_gpt2q(gpt2q, threads, pp, tg, repeats):
 def bench(args):
     hp = dict(SHAPES_124M)
     os.makedirs(args.workdir, exist_ok=True)
-    fp32 = os.path.join(args.workdir, "gpt2-124m-synthetic.onnx")
-    int8 = os.path.join(args.workdir, "gpt2-124m-synthetic-int8.onnx")
+    # The lean graph keeps the file names it had before there were two graphs.
+    stem = "gpt2-124m-synthetic" + ("-hf" if args.graph == "hf" else "")
+    fp32 = os.path.join(args.workdir, stem + ".onnx")
+    int8 = os.path.join(args.workdir, stem + "-int8.onnx")
     if not os.path.exists(int8):
-        print("building the 124M graph (synthetic weights) and quantising it…", file=sys.stderr)
-        build_gpt2(synthetic_weights(hp), hp, fp32)
+        print(f"writing the {args.graph} 124M graph (random weights) and quantising it…",
+              file=sys.stderr)
+        write_graph(args.graph, None, fp32)
         quantize(fp32, int8)
     import onnxruntime as ort
 
@@ -295,7 +380,8 @@ def bench(args):
     ort_res = {t: [] for t in threads}
     g_res = {t: [] for t in threads}
     g_cmd = None
-    print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}; pp{args.pp} tg{args.tg}, "
+    print(f"{args.graph} graph; onnxruntime {ort.__version__}, onnx {onnx.__version__}; "
+          f"pp{args.pp} tg{args.tg}, "
           f"{args.repeat} repeats after a warm-up, {args.rounds} alternated rounds")
     for rnd in range(1, args.rounds + 1):
         for t in threads:
@@ -330,8 +416,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("check", help="the graph reproduces the tiny fixture's reference logits")
+    c = sub.add_parser("check", help="the graph reproduces the tiny fixture's reference logits")
     b = sub.add_parser("bench", help="alternate ORT int8 and gpt2q bench")
+    for p in (c, b):
+        p.add_argument("--graph", choices=("lean", "hf"), default="lean",
+                       help="lean: written with onnx.helper; hf: transformers + torch.onnx")
     b.add_argument("--gpt2q", default=os.path.join(REPO, "target/release/gpt2q"))
     b.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "gpt2q-ort"))
     b.add_argument("--threads", default="1,2")
