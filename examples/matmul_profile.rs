@@ -6,7 +6,11 @@
 //!   a real decode step (`BUDGET_KIB` sets how many KiB of copies; 1 keeps one copy, in cache),
 //!   LM head included.
 //! * prefill: a batch of `tokens` (default 128) against one copy (a prompt's batch reuses the
-//!   weights from cache), without the LM head (a prefill computes only the last token's logits).
+//!   weights from cache), without the LM head (a prefill computes only the last token's logits),
+//!   each product followed by its layer's epilogue (bias, then GELU or the residual add) as
+//!   `linear_batch` runs it in the model.
+//!
+//! `SHAPE=mlp.c_proj` (a name below) profiles that product alone.
 //!
 //! Prints the median time of each product and their sum per token or per pass. With one thread
 //! and `CLOCK=cpu`, the time is the thread's CPU time (from `/proc/thread-self/schedstat`), which
@@ -14,19 +18,19 @@
 
 use std::time::Instant;
 
-use gpt2q::kernels::{self, MatmulScratch};
+use gpt2q::kernels::{self, MatmulScratch, Then};
 use gpt2q::mmap::{self, ModelFile};
 use gpt2q::quant::{encode_tensor, DType};
 use gpt2q::rng::Rng;
 use gpt2q::tensor::{Matrix, Weights};
 
-/// (name, rows, cols, products per token).
-const SHAPES: [(&str, usize, usize, usize); 5] = [
-    ("attn.c_attn", 2304, 768, 12),
-    ("attn.c_proj", 768, 768, 12),
-    ("mlp.c_fc", 3072, 768, 12),
-    ("mlp.c_proj", 768, 3072, 12),
-    ("lm_head", 50257, 768, 1),
+/// (name, rows, cols, products per token, what follows the product in a prefill).
+const SHAPES: [(&str, usize, usize, usize, Then); 5] = [
+    ("attn.c_attn", 2304, 768, 12, Then::Store),
+    ("attn.c_proj", 768, 768, 12, Then::Add),
+    ("mlp.c_fc", 3072, 768, 12, Then::GeluTanh),
+    ("mlp.c_proj", 768, 3072, 12, Then::Add),
+    ("lm_head", 50257, 768, 1, Then::Store),
 ];
 
 fn matrix(file: &ModelFile, dtype: DType, rows: usize, cols: usize) -> Matrix<'_> {
@@ -85,7 +89,11 @@ fn main() {
     let mut scratch = MatmulScratch::new(3072, if decode { 50257 } else { 3072 }, tokens);
     let mut total_us = 0.0;
     let mut rng = Rng::new(7);
-    for &(name, rows, cols, per_token) in shapes {
+    let only = std::env::var("SHAPE").ok();
+    for &(name, rows, cols, per_token, then) in shapes {
+        if only.as_ref().is_some_and(|o| o != name) {
+            continue;
+        }
         let one = encode_tensor(dtype, &rng.floats(rows * cols, 0.05), cols);
         let budget: usize = std::env::var("BUDGET_KIB").map_or(96 << 10, |s| s.parse().unwrap());
         let copies = if decode {
@@ -97,9 +105,15 @@ fn main() {
         let ms: Vec<Matrix<'_>> = files.iter().map(|f| matrix(f, dtype, rows, cols)).collect();
         let x = rng.floats(cols * tokens, 0.05);
         let mut y = vec![0f32; rows * tokens];
+        let bias = vec![0f32; rows];
         let med = median_us(7, cpu_time, || {
             for m in &ms {
-                kernels::matmul(m, &x, tokens, &mut y, &mut scratch);
+                if decode {
+                    kernels::matmul(m, &x, tokens, &mut y, &mut scratch);
+                } else {
+                    // As the model runs it: bias and epilogue on the way out.
+                    kernels::linear_batch(m, &bias, &x, tokens, &mut y, &mut scratch, then);
+                }
             }
         }) / ms.len() as f64;
         let gops = 2.0 * (rows * cols * tokens) as f64 / med / 1e3;
