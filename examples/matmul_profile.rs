@@ -18,6 +18,7 @@
 
 use std::time::Instant;
 
+use gpt2q::aligned::AlignedVec;
 use gpt2q::kernels::{self, MatmulScratch, Then};
 use gpt2q::mmap::{self, ModelFile};
 use gpt2q::quant::{encode_tensor, DType};
@@ -104,7 +105,8 @@ fn main() {
         let files: Vec<ModelFile> = (0..copies).map(|_| ModelFile::from_bytes(&one)).collect();
         let ms: Vec<Matrix<'_>> = files.iter().map(|f| matrix(f, dtype, rows, cols)).collect();
         let x = rng.floats(cols * tokens, 0.05);
-        let mut y = vec![0f32; rows * tokens];
+        // As the session's buffers: starting on a cache line.
+        let mut y = AlignedVec::zeroed(rows * tokens);
         let bias = vec![0f32; rows];
         let med = median_us(7, cpu_time, || {
             for m in &ms {

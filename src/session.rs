@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use crate::aligned::AlignedVec;
 use crate::attention::{self, Heads};
 use crate::error::{Error, Result};
 use crate::format::{Activation, HParams};
@@ -21,20 +22,20 @@ use crate::model::{Block, Model, Norm};
 /// Working memory for a batch of up to `batch` tokens, allocated once per session.
 struct Scratch {
     /// Residual stream, `(batch, n_embd)`.
-    x: Vec<f32>,
+    x: AlignedVec,
     /// Layer-norm output, `(batch, n_embd)`.
-    xn: Vec<f32>,
+    xn: AlignedVec,
     /// q, k, v, `(batch, 3*n_embd)`.
-    qkv: Vec<f32>,
+    qkv: AlignedVec,
     /// Attention output before projection, `(batch, n_embd)`.
-    attn: Vec<f32>,
+    attn: AlignedVec,
     /// MLP hidden layer, `(batch, n_inner)`.
-    hidden: Vec<f32>,
+    hidden: AlignedVec,
     /// Attention scores and weights: a row of `capacity` per query of a batch (rounded up to
     /// whole tiles, [`attention::scores_len`]).
-    scores: Vec<f32>,
+    scores: AlignedVec,
     /// Logits, `(n_vocab)`, or `(batch, n_vocab)` when every position's logits are kept.
-    logits: Vec<f32>,
+    logits: AlignedVec,
     /// Quantised activations and output tiles for the matrix products.
     matmul: MatmulScratch,
 }
@@ -84,13 +85,13 @@ impl Scratch {
         let d = ScratchDims::new(hp, config);
         let (cols, rows, tokens) = d.matmul;
         Scratch {
-            x: vec![0.0; d.embd],
-            xn: vec![0.0; d.embd],
-            qkv: vec![0.0; d.qkv],
-            attn: vec![0.0; d.embd],
-            hidden: vec![0.0; d.hidden],
-            scores: vec![0.0; d.scores],
-            logits: vec![0.0; d.logits],
+            x: AlignedVec::zeroed(d.embd),
+            xn: AlignedVec::zeroed(d.embd),
+            qkv: AlignedVec::zeroed(d.qkv),
+            attn: AlignedVec::zeroed(d.embd),
+            hidden: AlignedVec::zeroed(d.hidden),
+            scores: AlignedVec::zeroed(d.scores),
+            logits: AlignedVec::zeroed(d.logits),
             matmul: MatmulScratch::new(cols, rows, tokens),
         }
     }

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use std::mem::{size_of, size_of_val};
 
 use super::{ops, prepared_len, MatmulFn, Ops, OutLayout, PrepLane};
+use crate::aligned::AlignedVec;
 use crate::quant::{BlockQ8Act, QK};
 use crate::tensor::{Matrix, SplitMatrix, Weights};
 
@@ -18,7 +19,7 @@ use crate::tensor::{Matrix, SplitMatrix, Weights};
 pub struct MatmulScratch {
     act: Vec<BlockQ8Act>,
     prep: Vec<PrepLane>,
-    out_t: Vec<f32>,
+    out_t: AlignedVec,
     max_cols: usize,
     max_tokens: usize,
 }
@@ -31,7 +32,7 @@ impl MatmulScratch {
         MatmulScratch {
             act: vec![BlockQ8Act::default(); nb * max_tokens],
             prep: vec![PrepLane::default(); prepared_len(max_tokens, nb)],
-            out_t: vec![0.0; max_rows * max_tokens],
+            out_t: AlignedVec::zeroed(max_rows * max_tokens),
             max_cols,
             max_tokens,
         }
@@ -49,7 +50,7 @@ impl MatmulScratch {
     pub fn byte_len(&self) -> usize {
         size_of_val(self.act.as_slice())
             + size_of_val(self.prep.as_slice())
-            + size_of_val(self.out_t.as_slice())
+            + size_of_val(&*self.out_t)
     }
 }
 
