@@ -33,6 +33,17 @@ impl AlignedVec {
             .unwrap_or(0);
         AlignedVec { buf, start, len }
     }
+
+    /// Bytes [`AlignedVec::zeroed`] allocates for `len` values, the padding included (the
+    /// memory plan's figure).
+    pub const fn byte_len_for(len: usize) -> usize {
+        (len + PAD) * std::mem::size_of::<f32>()
+    }
+
+    /// Bytes held.
+    pub fn byte_len(&self) -> usize {
+        std::mem::size_of_val(self.buf.as_slice())
+    }
 }
 
 impl Deref for AlignedVec {
@@ -59,6 +70,7 @@ mod tests {
         for len in [0, 1, 15, 16, 17, 768, 2304 * 128, 3072 * 128 + 3, 50257] {
             let mut v = AlignedVec::zeroed(len);
             assert_eq!(v.len(), len);
+            assert_eq!(v.byte_len(), AlignedVec::byte_len_for(len));
             assert!(v.iter().all(|&x| x == 0.0));
             if len > 0 {
                 assert_eq!(v.as_ptr() as usize % LINE, 0, "len {len}");

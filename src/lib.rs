@@ -6,8 +6,8 @@
 //! tokens → text ([`tokenizer`]). On top: the generation loop ([`generate`]), multi-turn chat
 //! ([`chat`]), zero-shot task prompts ([`task`]), per-token log-probabilities ([`score`]) and
 //! several sessions serving queued requests ([`slots`], behind `gpt2q serve`). Block formats for
-//! quantised weights live in [`quant`]; cache-line aligned scratch buffers in [`aligned`]; probes of the machine (memory, CPU, board) in
-//! [`machine`]; seeded test data in [`rng`].
+//! quantised weights live in [`quant`]; scratch buffers aligned to a cache line in [`aligned`];
+//! probes of the machine (memory, CPU, board) in [`machine`]; seeded test data in [`rng`].
 #![deny(missing_docs)]
 
 pub mod aligned;

@@ -74,9 +74,19 @@ impl ScratchDims {
 
     /// Bytes the buffers take (must agree with [`Scratch::byte_len`]).
     fn byte_len(&self) -> usize {
-        let floats = 3 * self.embd + self.qkv + self.hidden + self.scores + self.logits;
+        // x, xn, attn, qkv, hidden, scores, logits.
+        let lens = [
+            self.embd,
+            self.embd,
+            self.embd,
+            self.qkv,
+            self.hidden,
+            self.scores,
+            self.logits,
+        ];
         let (cols, rows, tokens) = self.matmul;
-        floats * std::mem::size_of::<f32>() + MatmulScratch::byte_len_for(cols, rows, tokens)
+        lens.map(AlignedVec::byte_len_for).iter().sum::<usize>()
+            + MatmulScratch::byte_len_for(cols, rows, tokens)
     }
 }
 
@@ -97,14 +107,16 @@ impl Scratch {
     }
 
     fn byte_len(&self) -> usize {
-        let floats = self.x.len()
-            + self.xn.len()
-            + self.qkv.len()
-            + self.attn.len()
-            + self.hidden.len()
-            + self.scores.len()
-            + self.logits.len();
-        floats * std::mem::size_of::<f32>() + self.matmul.byte_len()
+        let buffers = [
+            &self.x,
+            &self.xn,
+            &self.qkv,
+            &self.attn,
+            &self.hidden,
+            &self.scores,
+            &self.logits,
+        ];
+        buffers.iter().map(|b| b.byte_len()).sum::<usize>() + self.matmul.byte_len()
     }
 }
 

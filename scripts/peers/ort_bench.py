@@ -319,7 +319,8 @@ def check(args):
                 if err > 1e-3 or int(np.argmax(g)) != int(np.argmax(want)):
                     sys.exit(f"check FAILED on {prompt['name']!r}: relative error {err:.2e}")
     print(f"check: the {args.graph} ONNX graph reproduces the reference logits of "
-          f"{len(ref['prompts'])} prompts by prefill and through past key/values (worst relative error {worst:.1e})")
+          f"{len(ref['prompts'])} prompts by prefill and through past key/values "
+          f"(worst relative error {worst:.1e})")
 
 
 def bench_tokens(n, n_vocab):
@@ -365,7 +366,7 @@ def measure_gpt2q(gpt2q, threads, pp, tg, repeats):
 def bench(args):
     hp = dict(SHAPES_124M)
     os.makedirs(args.workdir, exist_ok=True)
-    # The lean graph keeps the file names it had before there were two graphs.
+    # One file per graph; the lean graph's names carry no suffix.
     stem = "gpt2-124m-synthetic" + ("-hf" if args.graph == "hf" else "")
     fp32 = os.path.join(args.workdir, stem + ".onnx")
     int8 = os.path.join(args.workdir, stem + "-int8.onnx")

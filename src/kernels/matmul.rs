@@ -43,14 +43,12 @@ impl MatmulScratch {
         let nb = max_cols.div_ceil(QK);
         nb * max_tokens * size_of::<BlockQ8Act>()
             + prepared_len(max_tokens, nb) * size_of::<PrepLane>()
-            + max_rows * max_tokens * size_of::<f32>()
+            + AlignedVec::byte_len_for(max_rows * max_tokens)
     }
 
     /// Bytes held.
     pub fn byte_len(&self) -> usize {
-        size_of_val(self.act.as_slice())
-            + size_of_val(self.prep.as_slice())
-            + size_of_val(&*self.out_t)
+        size_of_val(self.act.as_slice()) + size_of_val(self.prep.as_slice()) + self.out_t.byte_len()
     }
 }
 
